@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One-shot set-up on a fresh machine: system tools (when root), a virtual
+# environment with pinned CPU torch, and pacs-node installed in it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+need_apt=()
+[ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
+[ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
+[ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "setup: installing ${need_apt[*]} with apt"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    else
+        echo "setup: not root; install these Debian packages for the full test suite: ${need_apt[*]}" >&2
+    fi
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+stamp="$VENV/.pacs-node-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    # The CPU build of torch; a looser pin would pull a multi-GB CUDA build.
+    "$VENV/bin/pip" install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/pip" install -q -e ".[test,postgres]" 2>&1 | grep -v "^WARNING: Location" || true
+    "$VENV/bin/python" -c "import torch, pynetdicom, highdicom, pacs_node" 
+    touch "$stamp"
+fi
