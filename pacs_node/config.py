@@ -1,0 +1,221 @@
+"""Configuration: pydantic models of the TOML file, loading, environment overrides.
+
+Every section is a small typed class that is valid by construction; unknown keys are
+errors.  Relative paths in the file are resolved against the directory of the file,
+so a config works the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+#: Environment variables that override the file, for containers and tests.
+ENV_DATABASE_URL = "PACS_NODE_DATABASE_URL"
+ENV_PORT = "PACS_NODE_PORT"
+ENV_SPOOL_DIR = "PACS_NODE_SPOOL_DIR"
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
+
+AETitle = Annotated[str, Field(min_length=1, max_length=16)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _check_ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+    return value.strip()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AllowedCaller(_Section):
+    """A calling AE title that may associate, optionally bound to a host address."""
+
+    ae_title: AETitle
+    host: str | None = None
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class NodeConfig(_Section):
+    """The DICOM listener: who we are and whom we accept."""
+
+    ae_title: AETitle = "PACS_NODE"
+    name: str = Field(default_factory=lambda: os.uname().nodename, min_length=1, max_length=64)
+    bind_address: str = "127.0.0.1"
+    port: Port = 11112
+    max_associations: int = Field(default=16, ge=1, le=1024)
+    max_pdu_bytes: int = Field(default=262144, ge=4096, le=16 * 1024 * 1024)
+    #: Seconds to wait for an A-ASSOCIATE-RQ (ARTIM) and between PDUs on an association.
+    acse_timeout_s: float = Field(default=30.0, gt=0)
+    network_timeout_s: float = Field(default=120.0, gt=0)
+    #: Empty list: any calling AE may associate.
+    allowed_callers: list[AllowedCaller] = Field(default_factory=list)
+    #: Seconds a running association gets to finish after SIGTERM before it is aborted.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class StorageConfig(_Section):
+    """Where received instances and rows are kept."""
+
+    spool_dir: Path = Path("../var/spool")
+    database_url: str = "sqlite:///../var/pacs-node.db"
+    #: A C-STORE is refused with "out of resources" when less than this is free.
+    min_free_mb: int = Field(default=1024, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql:", "postgresql+")):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        return value
+
+
+class CompletionConfig(_Section):
+    """When a study counts as complete."""
+
+    quiet_period_s: float = Field(default=60.0, gt=0)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+
+
+class WorkerConfig(_Section):
+    """The analysis worker that runs queued jobs."""
+
+    enabled: bool = True
+    concurrency: int = Field(default=1, ge=1, le=32)
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    #: A claimed job whose lease is not renewed for this long is re-queued.
+    lease_s: float = Field(default=600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class Destination(_Section):
+    """A DICOM node that receives our reports."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: AETitle
+    host: str = Field(min_length=1)
+    port: Port
+
+    _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class RetentionConfig(_Section):
+    """How long received files are kept."""
+
+    keep_days: float = Field(default=3.0, ge=0)
+
+
+class LoggingConfig(_Section):
+    """Log level and line format (one event per line on stdout)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    """The whole configuration file."""
+
+    node: NodeConfig = Field(default_factory=NodeConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    completion: CompletionConfig = Field(default_factory=CompletionConfig)
+    worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    destinations: list[Destination] = Field(default_factory=list)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message says which key and why."""
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key")
+        else:
+            shown = item.get("input")
+            value = "" if isinstance(shown, dict) else f" (got {shown!r})"
+            lines.append(f"  {key}: {item['msg']}{value}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(raw: dict, base: Path) -> dict:
+    storage = dict(raw.get("storage", {}))
+    spool = storage.get("spool_dir", str(StorageConfig().spool_dir))
+    storage["spool_dir"] = str((base / Path(spool)).resolve()) if not Path(spool).is_absolute() else spool
+    url = storage.get("database_url", StorageConfig().database_url)
+    if isinstance(url, str) and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        relative = url.removeprefix("sqlite:///")
+        if relative and relative != ":memory:":
+            url = "sqlite:///" + str((base / relative).resolve())
+    storage["database_url"] = url
+    return {**raw, "storage": storage}
+
+
+def _apply_environment(raw: dict, environ: dict[str, str]) -> dict:
+    raw = dict(raw)
+    storage = dict(raw.get("storage", {}))
+    node = dict(raw.get("node", {}))
+    if environ.get(ENV_DATABASE_URL):
+        storage["database_url"] = environ[ENV_DATABASE_URL]
+    if environ.get(ENV_SPOOL_DIR):
+        storage["spool_dir"] = environ[ENV_SPOOL_DIR]
+    if environ.get(ENV_PORT):
+        node["port"] = environ[ENV_PORT]
+    raw["storage"], raw["node"] = storage, node
+    return raw
+
+
+def load_settings(path: Path, environ: dict[str, str] | None = None) -> Settings:
+    """Read, resolve and validate a configuration file.
+
+    Parameters
+    ----------
+    path
+        The TOML file.
+    environ
+        Environment to take overrides from (``os.environ`` when omitted).
+
+    Raises
+    ------
+    ConfigError
+        When the file is missing, is not TOML, or fails validation.
+    """
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    raw = _resolve_paths(_apply_environment(raw, environ), path.parent.resolve())
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from exc
+
+
+def redacted_database_url(url: str) -> str:
+    """The database URL with any password replaced, for printing."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
