@@ -1,0 +1,180 @@
+"""Recording received instances: patient, study, series and instance rows.
+
+This is the receive path's only database code, so it is written for speed: Core
+statements, one transaction per instance, and a per-process cache of the series
+rows already known.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from pacs_node.db.models import Instance, Patient, Series, Study, StudyState, utcnow
+
+_CACHE_SIZE = 2048
+#: A study's last-received time is written at most this often per process; the
+#: completion sweep adds it to the quiet period, so completion is never early.
+TOUCH_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """The attributes of a received instance that the database keeps."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    transfer_syntax_uid: str
+    relative_path: str
+    size_bytes: int
+    calling_ae: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    study_date: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    instance_number: int | None = None
+
+
+class InstanceRecorder:
+    """Writes instance rows; safe to share between association threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._series_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._touched: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def is_stored(self, sop_instance_uid: str) -> str | None:
+        """The spool path of an instance already stored, or ``None``."""
+        with self.engine.connect() as connection:
+            return connection.scalar(
+                select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
+            )
+
+    def record(self, instance: ReceivedInstance) -> bool:
+        """Commit the rows for ``instance``; ``False`` if it was already recorded.
+
+        A new instance marks its study as receiving again and moves its last-received
+        time, which is what the completion sweep watches (at most every
+        :data:`TOUCH_INTERVAL_S` per study and process).
+        """
+        with self.engine.begin() as connection:
+            study_pk, series_pk = self._series(connection, instance)
+            now = utcnow()
+            row_id = connection.execute(
+                self._insert(Instance)
+                .values(
+                    sop_instance_uid=instance.sop_instance_uid,
+                    sop_class_uid=instance.sop_class_uid,
+                    series_pk=series_pk,
+                    instance_number=instance.instance_number,
+                    transfer_syntax_uid=instance.transfer_syntax_uid,
+                    path=instance.relative_path,
+                    size_bytes=instance.size_bytes,
+                    calling_ae=instance.calling_ae,
+                    received_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                .returning(Instance.id)
+            ).scalar()
+            if row_id is None:
+                return False
+            if not self._due_for_touch(study_pk):
+                return True
+            connection.execute(
+                update(Study)
+                .where(Study.id == study_pk)
+                .values(last_received_at=now, state=StudyState.RECEIVING)
+            )
+            return True
+
+    def _due_for_touch(self, study_pk: int) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._touched.get(study_pk, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
+                return False
+            if len(self._touched) > _CACHE_SIZE:
+                self._touched.clear()
+            self._touched[study_pk] = now
+            return True
+
+    def _series(self, connection: Connection, instance: ReceivedInstance) -> tuple[int, int]:
+        with self._lock:
+            known = self._series_ids.get(instance.series_uid)
+            if known is not None:
+                self._series_ids.move_to_end(instance.series_uid)
+                return known
+        ids = self._ensure_series(connection, instance)
+        with self._lock:
+            self._series_ids[instance.series_uid] = ids
+            if len(self._series_ids) > _CACHE_SIZE:
+                self._series_ids.popitem(last=False)
+        return ids
+
+    def forget(self) -> None:
+        """Drop cached row ids (after rows were deleted, e.g. by retention)."""
+        with self._lock:
+            self._series_ids.clear()
+            self._touched.clear()
+
+    def _upsert(self, connection: Connection, model: type, key: str, values: dict) -> int:
+        connection.execute(self._insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))
+        return connection.scalar(select(model.id).where(getattr(model, key) == values[key]))
+
+    def _ensure_series(self, connection: Connection, instance: ReceivedInstance) -> tuple[int, int]:
+        patient_key = f"{instance.patient_id}^{instance.issuer_of_patient_id}"[:130]
+        patient_pk = self._upsert(
+            connection,
+            Patient,
+            "patient_key",
+            {
+                "patient_key": patient_key,
+                "patient_id": instance.patient_id[:64],
+                "patient_name": instance.patient_name[:324],
+                "birth_date": instance.birth_date[:8],
+            },
+        )
+        now = utcnow()
+        study_pk = self._upsert(
+            connection,
+            Study,
+            "study_uid",
+            {
+                "study_uid": instance.study_uid,
+                "patient_pk": patient_pk,
+                "study_date": instance.study_date[:8],
+                "accession_number": instance.accession_number[:16],
+                "description": instance.study_description[:64],
+                "state": StudyState.RECEIVING,
+                "first_received_at": now,
+                "last_received_at": now,
+            },
+        )
+        series_pk = self._upsert(
+            connection,
+            Series,
+            "series_uid",
+            {
+                "series_uid": instance.series_uid,
+                "study_pk": study_pk,
+                "modality": instance.modality[:16],
+                "series_number": instance.series_number,
+                "description": instance.series_description[:64],
+            },
+        )
+        return study_pk, series_pk

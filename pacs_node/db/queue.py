@@ -1,0 +1,157 @@
+"""Study completion and the analysis job queue.
+
+Every transition is a guarded UPDATE, so several node processes sharing one
+PostgreSQL database can sweep and claim at once: a study completes once, and a job
+is claimed by one worker (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
+serialises writers).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, func, insert, or_, select, update
+
+from pacs_node.db.ingest import TOUCH_INTERVAL_S
+from pacs_node.db.models import Job, JobState, Study, StudyState, utcnow
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds."""
+
+    id: int
+    study_pk: int
+    attempts: int
+
+
+def complete_quiet_studies(engine: Engine, quiet_period_s: float, now: dt.datetime | None = None) -> list[int]:
+    """Mark studies with no instance for the quiet period complete and queue a job each.
+
+    Queued jobs of the same study that did not start are superseded by the new one.
+    Returns the ids of the studies completed by this call.
+    """
+    now = now or utcnow()
+    cutoff = now - dt.timedelta(seconds=quiet_period_s + TOUCH_INTERVAL_S)
+    completed = []
+    with engine.connect() as connection:
+        candidates = connection.scalars(
+            select(Study.id).where(Study.state == StudyState.RECEIVING, Study.last_received_at < cutoff)
+        ).all()
+    for study_pk in candidates:
+        with engine.begin() as connection:
+            moved = connection.execute(
+                update(Study)
+                .where(Study.id == study_pk, Study.state == StudyState.RECEIVING, Study.last_received_at < cutoff)
+                .values(state=StudyState.COMPLETE, completed_at=now)
+            ).rowcount
+            if moved != 1:
+                continue  # another process completed it, or an instance just arrived
+            connection.execute(
+                update(Job)
+                .where(Job.study_pk == study_pk, Job.state == JobState.QUEUED)
+                .values(state=JobState.SUPERSEDED, finished_at=now)
+            )
+            connection.execute(insert(Job).values(study_pk=study_pk, state=JobState.QUEUED, created_at=now, attempts=0))
+        completed.append(study_pk)
+    return completed
+
+
+def claim_job(engine: Engine, worker: str, lease_s: float, max_attempts: int) -> ClaimedJob | None:
+    """Claim the oldest queued job for ``worker``, or ``None`` when there is none.
+
+    A job that was already tried ``max_attempts`` times (it crashed its worker each
+    time) is failed instead of being run again.
+    """
+    while True:
+        now = utcnow()
+        with engine.begin() as connection:
+            oldest = (
+                select(Job.id)
+                .where(Job.state == JobState.QUEUED)
+                .order_by(Job.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+                .scalar_subquery()
+            )
+            row = connection.execute(
+                update(Job)
+                .where(Job.id == oldest, Job.state == JobState.QUEUED)
+                .values(
+                    state=JobState.RUNNING,
+                    claimed_by=worker,
+                    started_at=now,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_s),
+                    attempts=Job.attempts + 1,
+                )
+                .returning(Job.id, Job.study_pk, Job.attempts)
+            ).first()
+            if row is None:
+                return None
+            job = ClaimedJob(id=row.id, study_pk=row.study_pk, attempts=row.attempts)
+            if job.attempts <= max_attempts:
+                return job
+            connection.execute(
+                update(Job)
+                .where(Job.id == job.id)
+                .values(
+                    state=JobState.FAILED,
+                    finished_at=now,
+                    error=f"gave up after {max_attempts} attempts that did not finish",
+                )
+            )
+
+
+def renew_lease(engine: Engine, job_id: int, worker: str, lease_s: float) -> bool:
+    """Extend a running job's lease; ``False`` if this worker no longer holds it."""
+    with engine.begin() as connection:
+        return (
+            connection.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+                .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+            ).rowcount
+            == 1
+        )
+
+
+def finish_job(engine: Engine, job_id: int, worker: str, state: JobState, result: dict | None = None, error: str | None = None) -> bool:
+    """Record a job's outcome; ``False`` if this worker no longer held it."""
+    with engine.begin() as connection:
+        return (
+            connection.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+                .values(
+                    state=state,
+                    finished_at=utcnow(),
+                    lease_expires_at=None,
+                    result=None if result is None else json.dumps(result, sort_keys=True),
+                    error=error,
+                )
+            ).rowcount
+            == 1
+        )
+
+
+def requeue_abandoned(engine: Engine, worker: str | None = None) -> int:
+    """Put running jobs back in the queue: those of ``worker`` (it restarted) and
+    those of any worker whose lease ran out (it died).  Returns how many."""
+    now = utcnow()
+    abandoned = Job.lease_expires_at < now
+    if worker is not None:
+        abandoned = or_(abandoned, Job.claimed_by == worker)
+    with engine.begin() as connection:
+        return connection.execute(
+            update(Job)
+            .where(and_(Job.state == JobState.RUNNING, abandoned))
+            .values(state=JobState.QUEUED, claimed_by=None, lease_expires_at=None)
+        ).rowcount
+
+
+def queue_depth(engine: Engine) -> int:
+    """How many jobs wait to be claimed."""
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(Job).where(Job.state == JobState.QUEUED)) or 0
