@@ -1,0 +1,180 @@
+"""The storage SCP listener: accepts connections, one thread per association.
+
+Extra associations beyond the configured limit are answered with an A-ASSOCIATE-RJ
+(transient, local limit exceeded) rather than left hanging.  On stop, the listener
+closes first; running associations get a grace period to finish, then are aborted
+between messages, never in the middle of an acknowledged store.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+
+from pacs_node.receive import upper_layer as ul
+from pacs_node.receive.policy import AssociationPolicy
+from pacs_node.receive.scp import AssociationHandler, InstanceSink
+
+log = logging.getLogger(__name__)
+
+
+def _peer_host(address: tuple) -> str:
+    host = str(address[0])
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+class StorageServer:
+    """Listens on (bind_address, port) and serves associations until :meth:`stop`."""
+
+    def __init__(
+        self,
+        bind_address: str,
+        port: int,
+        policy: AssociationPolicy,
+        sink: InstanceSink,
+        *,
+        max_associations: int = 16,
+        max_pdu: int = 262144,
+        acse_timeout_s: float = 30.0,
+        network_timeout_s: float = 120.0,
+    ) -> None:
+        self.policy = policy
+        self.sink = sink
+        self.max_associations = max_associations
+        self.max_pdu = max_pdu
+        self.acse_timeout_s = acse_timeout_s
+        self.network_timeout_s = network_timeout_s
+        self.contexts = ul.storage_contexts()
+        family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((bind_address, port))
+        self._listener.listen(128)
+        self._listener.settimeout(0.2)
+        self.address = self._listener.getsockname()[:2]
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._active: dict[int, socket.socket] = {}
+        self._threads: set[threading.Thread] = set()
+        self._acceptor: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.address[1])
+
+    def start(self) -> None:
+        """Accept connections in a background thread."""
+        self._acceptor = threading.Thread(target=self._accept_loop, name="scp-accept", daemon=True)
+        self._acceptor.start()
+
+    def _accept_loop(self) -> None:
+        serial = 0
+        while not self._stopping.is_set():
+            try:
+                conn, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    break
+                log.exception("event=accept_failed")
+                time.sleep(0.1)
+                continue
+            serial += 1
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            thread = threading.Thread(
+                target=self._serve, args=(conn, _peer_host(address), serial), name=f"assoc-{serial}", daemon=True
+            )
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket, peer: str, serial: int) -> None:
+        started = time.monotonic()
+        with self._lock:
+            over_limit = len(self._active) >= self.max_associations
+            if not over_limit:
+                self._active[serial] = conn
+        try:
+            conn.settimeout(self.acse_timeout_s)
+            outcome = self._associate_and_serve(conn, peer, serial, over_limit)
+        except Exception:  # never let one association take the listener down
+            log.exception("event=association_error assoc=%d", serial)
+            outcome = "error"
+        finally:
+            with self._lock:
+                self._active.pop(serial, None)
+                self._threads.discard(threading.current_thread())
+            try:
+                conn.close()
+            except OSError:
+                pass
+        log.debug("event=association_closed assoc=%d outcome=%r seconds=%.2f", serial, outcome, time.monotonic() - started)
+
+    def _associate_and_serve(self, conn: socket.socket, peer: str, serial: int, over_limit: bool) -> str:
+        try:
+            pdu_type, length = ul.read_pdu_header(conn)
+            if pdu_type != ul.A_ASSOCIATE_RQ_TYPE or length > ul.MAX_ASSOCIATE_RQ_BYTES:
+                conn.sendall(ul.abort_pdu(source=2, reason=2 if pdu_type != ul.A_ASSOCIATE_RQ_TYPE else 6))
+                log.warning("event=association_aborted assoc=%d peer=%s reason=%s", serial, peer, "unexpected first PDU")
+                return "aborted before association"
+            body = bytearray(length)
+            ul.recv_exact(conn, memoryview(body))
+            association, reply, reason, calling, called = ul.negotiate(
+                bytes(body), peer, self.policy, self.contexts, self.max_pdu, over_limit
+            )
+        except ul.ProtocolError as exc:
+            conn.sendall(ul.abort_pdu(source=2, reason=0))
+            log.warning("event=association_aborted assoc=%d peer=%s reason=%r", serial, peer, str(exc))
+            return "aborted before association"
+        except (ul.PeerClosed, TimeoutError, OSError) as exc:
+            return f"connection lost before association: {type(exc).__name__}"
+        conn.sendall(reply)
+        if association is None:
+            log.warning(
+                "event=association_rejected assoc=%d peer=%s calling_ae=%s called_ae=%s reason=%s",
+                serial, peer, calling, called, reason.name if reason else "",
+            )
+            return "rejected"
+        log.info(
+            "event=association_accepted assoc=%d peer=%s calling_ae=%s contexts=%d",
+            serial, peer, calling, len(association.contexts),
+        )
+        conn.settimeout(self.network_timeout_s)
+        handler = AssociationHandler(conn, association, self.sink, self.max_pdu, self._stopping)
+        outcome = handler.run()
+        log.info("event=association_ended assoc=%d calling_ae=%s stored=%d outcome=%r", serial, calling, handler.stored, outcome)
+        return outcome
+
+    def active_associations(self) -> int:
+        """How many associations are being served now."""
+        with self._lock:
+            return len(self._active)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, let running associations finish for ``grace_s``, then abort them."""
+        self._stopping.set()
+        self._listener.close()
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=2)
+        deadline = time.monotonic() + grace_s
+        while self.active_associations() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            remaining = list(self._active.values())
+            threads = list(self._threads)
+        for conn in remaining:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in threads:
+            thread.join(timeout=2)

@@ -1,0 +1,189 @@
+"""Durable file store for received instances.
+
+Files are written under ``incoming/`` with a random name, fsynced, then renamed to
+``studies/<study>/<series>/<sop>.dcm`` and the directory fsynced, so a file under
+``studies/`` is always complete.  Paths are built from validated UIDs only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class InvalidUID(ValueError):
+    """A UID that is not digits and dots of at most 64 characters."""
+
+
+def validate_uid(value: str, name: str) -> str:
+    """Return ``value`` stripped of DICOM padding, or raise :class:`InvalidUID` naming ``name``."""
+    uid = value.rstrip("\x00 ")
+    if not uid or len(uid) > 64 or not _UID.match(uid):
+        raise InvalidUID(f"{name} is not a valid UID")
+    return uid
+
+
+class SpoolFull(OSError):
+    """Less free space than the configured minimum."""
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A file moved into its final place."""
+
+    relative_path: str
+    size_bytes: int
+
+
+class PartialFile:
+    """A file being received; invisible under ``studies/`` until :meth:`Spool.commit`.
+
+    The first :data:`HEAD_BYTES` written are also kept in memory, so the header can
+    be parsed without reading the file back.
+    """
+
+    HEAD_BYTES = 64 * 1024
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        self._size = 0
+        self.head = bytearray()
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._fd is None:
+            raise ValueError("partial file is closed")
+        if len(self.head) < self.HEAD_BYTES:
+            self.head += data[: self.HEAD_BYTES - len(self.head)]
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self._size += len(data)
+
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    def sync(self) -> int:
+        """fsync and close the file (idempotent); returns its size in bytes."""
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        return self._size
+
+    def discard(self) -> None:
+        """Close and delete the partial file (nothing was acknowledged)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
+
+
+class Spool:
+    """The spool directory: ``incoming/`` for partial files, ``studies/`` for stored ones."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        self.incoming = root / "incoming"
+        self.studies = root / "studies"
+        for folder in (self.incoming, self.studies):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[Path] = set()
+        # Creating a file costs a journal write; one spare is made ahead, off the hot path.
+        self._spares: list[PartialFile] = []
+        self._spare_lock = threading.Lock()
+        self._maker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-spare")
+
+    def close(self) -> None:
+        """Stop making spare files and delete the unused ones."""
+        self._maker.shutdown(wait=True)
+        with self._spare_lock:
+            spares, self._spares = self._spares, []
+        for spare in spares:
+            spare.discard()
+
+    def _make_spare(self) -> None:
+        spare = PartialFile(self.incoming / f"{secrets.token_hex(12)}.part")
+        with self._spare_lock:
+            self._spares.append(spare)
+
+    def free_bytes(self) -> int:
+        """Bytes available to us on the spool's filesystem."""
+        return shutil.disk_usage(self.root).free
+
+    def begin(self) -> PartialFile:
+        """Start a new partial file; :class:`SpoolFull` when below the free-space minimum."""
+        if self.min_free_bytes and self.free_bytes() < self.min_free_bytes:
+            raise SpoolFull("spool below its free-space minimum")
+        with self._spare_lock:
+            partial = self._spares.pop() if self._spares else None
+        if partial is None:
+            partial = PartialFile(self.incoming / f"{secrets.token_hex(12)}.part")
+        try:
+            self._maker.submit(self._make_spare)
+        except RuntimeError:  # closed: the node is stopping
+            pass
+        return partial
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """Where an instance lives, relative to the spool root; UIDs are validated."""
+        parts = (
+            validate_uid(study_uid, "StudyInstanceUID"),
+            validate_uid(series_uid, "SeriesInstanceUID"),
+            validate_uid(sop_uid, "SOPInstanceUID") + ".dcm",
+        )
+        return "/".join(("studies", *parts))
+
+    def commit(self, partial: PartialFile, relative_path: str) -> StoredFile:
+        """fsync ``partial`` and move it to ``relative_path`` atomically and durably."""
+        size = partial.sync()
+        target = self.root / relative_path
+        folder = target.parent
+        if folder not in self._known_dirs:
+            self._make_dirs(folder)
+        try:
+            os.replace(partial.path, target)
+        except FileNotFoundError:  # the folder was removed by retention meanwhile
+            self._make_dirs(folder)
+            os.replace(partial.path, target)
+        _fsync_dir(folder)
+        return StoredFile(relative_path, size)
+
+    def _make_dirs(self, folder: Path) -> None:
+        new_dirs = [p for p in (folder.parent, folder) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        for created in new_dirs:
+            _fsync_dir(created.parent)
+        if len(self._known_dirs) > 10_000:
+            self._known_dirs.clear()
+        self._known_dirs.add(folder)
+
+    def path_of(self, relative_path: str) -> Path:
+        """Absolute path of a stored file."""
+        return self.root / relative_path
+
+    def clean_incoming(self) -> int:
+        """Delete partial files left by a crash (never acknowledged); returns how many."""
+        removed = 0
+        for leftover in self.incoming.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
