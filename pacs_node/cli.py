@@ -1,0 +1,98 @@
+"""The ``pacs-node`` command line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pacs_node.config import ConfigError, Settings, load_settings, redacted_database_url
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="DICOM node that finds lung nodules on chest CT.")
+
+DEFAULT_CONFIG = Path("config/pacs-node.toml")
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="TOML configuration file.")]
+
+
+def _settings(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(config: ConfigOption = DEFAULT_CONFIG) -> None:
+    """Run the node in the foreground until SIGTERM or Ctrl-C."""
+    from pacs_node.logs import configure_logging
+    from pacs_node.node import Node
+
+    settings = _settings(config)
+    configure_logging(settings.logging.level, settings.logging.format)
+    try:
+        node = Node(settings)
+    except OSError as exc:
+        typer.echo(f"cannot start: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    node.start()
+    stop.wait()
+    node.stop()
+
+
+@app.command("check-config")
+def check_config(config: Annotated[Path, typer.Argument(help="TOML configuration file.")] = DEFAULT_CONFIG) -> None:
+    """Validate a configuration file and print the effective settings."""
+    settings = _settings(config)
+    effective = settings.model_dump(mode="json")
+    effective["storage"]["database_url"] = redacted_database_url(settings.storage.database_url)
+    typer.echo(f"{config}: valid")
+    typer.echo(json.dumps(effective, indent=2))
+
+
+@app.command()
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option(help="How many recent studies to list.")] = 20,
+) -> None:
+    """Print recent studies and their jobs."""
+    from pacs_node.db.engine import make_engine
+    from pacs_node.status import render_status
+
+    settings = _settings(config)
+    engine = make_engine(settings.storage.database_url)
+    try:
+        typer.echo(render_status(engine, limit))
+    finally:
+        engine.dispose()
+
+
+@app.command()
+def echo(
+    target: Annotated[str, typer.Argument(help="AE@HOST:PORT of the node to verify.")],
+    calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "PACS_NODE",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 10.0,
+) -> None:
+    """C-ECHO a DICOM node and print the outcome."""
+    from pacs_node.send.echo import EchoError, c_echo, parse_target
+
+    try:
+        ae_title, host, port = parse_target(target)
+        seconds = c_echo(ae_title, host, port, calling_ae=calling_ae, timeout_s=timeout)
+    except (ValueError, EchoError) as exc:
+        typer.echo(f"C-ECHO {target}: failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"C-ECHO {target}: success in {seconds * 1000:.0f} ms")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,43 @@
+"""Logging set-up: one event per line on stdout, key=value or JSON.
+
+Messages are written as ``event=... key=value``; patient names and IDs are never
+logged above DEBUG.  Library loggers that can print data set contents at INFO or
+DEBUG are held at WARNING unless the node itself runs at DEBUG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+_NOISY = ("pynetdicom", "apscheduler", "alembic", "sqlalchemy.engine")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        document = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            document["exception"] = self.formatException(record.exc_info)
+        return json.dumps(document)
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+    """Send the node's logs to stdout at ``level`` in ``fmt`` ("text" or "json")."""
+    handler = logging.StreamHandler(sys.stdout)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)

@@ -1,0 +1,50 @@
+"""C-ECHO as an SCU (pynetdicom), to check that a DICOM node answers."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+
+_TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
+
+
+class EchoError(Exception):
+    """The node did not answer the C-ECHO with success."""
+
+
+def parse_target(target: str) -> tuple[str, str, int]:
+    """Split ``AE@HOST:PORT`` (IPv6 hosts in brackets) into its parts."""
+    match = _TARGET.match(target)
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise ValueError(f"{target!r} is not AE@HOST:PORT")
+    return match["ae"], match["host"].strip("[]"), int(match["port"])
+
+
+def _no_delay(event: evt.Event) -> None:
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def c_echo(ae_title: str, host: str, port: int, calling_ae: str = "PACS_NODE", timeout_s: float = 10.0) -> float:
+    """Send one C-ECHO; returns the round-trip seconds, or raises :class:`EchoError`."""
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    started = time.monotonic()
+    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            raise EchoError("association rejected")
+        raise EchoError("no association (connection refused, timed out or aborted)")
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if not status or status.Status != 0x0000:
+        code = f"0x{status.Status:04X}" if status else "none (timeout)"
+        raise EchoError(f"status {code}")
+    return time.monotonic() - started
