@@ -87,6 +87,26 @@ def storage_contexts() -> list[PresentationContext]:
     return contexts
 
 
+def _in_requestor_order(
+    proposed: list[PresentationContext], supported: list[PresentationContext]
+) -> list[PresentationContext]:
+    """Our contexts with transfer syntaxes in the order the requestor proposed them.
+
+    pynetdicom picks the acceptor's first match; reordering makes it honour the
+    sender's preference, so a compressed image is stored as the modality sent it.
+    """
+    preference: dict[str, list[str]] = {}
+    for context in proposed:
+        order = preference.setdefault(str(context.abstract_syntax), [])
+        order.extend(str(uid) for uid in context.transfer_syntax if str(uid) not in order)
+    ordered = []
+    for context in supported:
+        ours = [str(uid) for uid in context.transfer_syntax]
+        first = [uid for uid in preference.get(str(context.abstract_syntax), []) if uid in ours]
+        ordered.append(build_context(context.abstract_syntax, first + [uid for uid in ours if uid not in first]))
+    return ordered
+
+
 @dataclass(frozen=True)
 class Association:
     """What was agreed with the peer."""
@@ -160,9 +180,8 @@ def negotiate(
         for item in request.user_information
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
     }
-    accepted, role_items = negotiate_as_acceptor(
-        request.presentation_context_definition_list, contexts, roles or None
-    )
+    proposed = request.presentation_context_definition_list
+    accepted, role_items = negotiate_as_acceptor(proposed, _in_requestor_order(proposed, contexts), roles or None)
     agreed = {
         cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
         for cx in accepted
