@@ -1,0 +1,77 @@
+"""Configuration: valid files load, bad ones are refused with the key and value named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pacs_node.config import ConfigError, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_are_valid() -> None:
+    default = load_settings(REPO / "config" / "pacs-node.toml", environ={})
+    assert default.node.ae_title == "PACS_NODE"
+    assert default.storage.spool_dir == (REPO / "var" / "spool").resolve()
+    assert default.storage.database_url == f"sqlite:///{(REPO / 'var' / 'pacs-node.db').resolve()}"
+    production = load_settings(REPO / "config" / "production.example.toml", environ={})
+    assert [c.ae_title for c in production.node.allowed_callers] == ["CT_SCANNER_1", "CT_SCANNER_2"]
+    assert production.node.allowed_callers[0].host == "10.20.30.41"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.ae_titel: unknown key"):
+        load_settings(_write(tmp_path, '[node]\nae_titel = "X"\n'), environ={})
+
+
+def test_bad_value_names_key_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings(_write(tmp_path, "[node]\nport = 70000\n[completion]\nquiet_period_s = -1\n"), environ={})
+    message = str(error.value)
+    assert "node.port" in message and "70000" in message
+    assert "completion.quiet_period_s" in message
+
+
+def test_bad_ae_title_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"node\.ae_title: .*MUCH_TOO_LONG_AE_TITLE"):
+        load_settings(_write(tmp_path, '[node]\nae_title = "MUCH_TOO_LONG_AE_TITLE"\n'), environ={})
+
+
+def test_duplicate_destination_names_are_refused(tmp_path: Path) -> None:
+    text = (
+        '[[destinations]]\nname = "a"\nae_title = "P"\nhost = "h"\nport = 104\n'
+        '[[destinations]]\nname = "a"\nae_title = "Q"\nhost = "h"\nport = 105\n'
+    )
+    with pytest.raises(ConfigError, match="destination names must be unique; repeated: a"):
+        load_settings(_write(tmp_path, text), environ={})
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(_write(tmp_path, "[node\n"), environ={})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_environment_overrides_database_and_port(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nport = 104\n[storage]\ndatabase_url = "sqlite:///x.db"\n')
+    settings = load_settings(
+        path, environ={"PACS_NODE_DATABASE_URL": "postgresql://u:secret@db/x", "PACS_NODE_PORT": "11999"}
+    )
+    assert settings.node.port == 11999
+    assert settings.storage.database_url == "postgresql://u:secret@db/x"
+
+
+def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[storage]\nspool_dir = "spool"\ndatabase_url = "sqlite:///db/node.db"\n')
+    settings = load_settings(path, environ={})
+    assert settings.storage.spool_dir == tmp_path / "spool"
+    assert settings.storage.database_url == f"sqlite:///{tmp_path / 'db' / 'node.db'}"
