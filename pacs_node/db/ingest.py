@@ -12,7 +12,8 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from pacs_node.db.models import Instance, Patient, Series, Study, StudyState, utcnow
@@ -55,9 +56,25 @@ class InstanceRecorder:
         self.engine = engine
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # Built once: composing a statement per instance costs more than running it.
+        instances = Instance.__table__
+        self._insert_instance = (
+            self._insert(instances)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(instances.c.id)
+        )
+        self._touch_study = (
+            update(Study.__table__)
+            .where(Study.__table__.c.id == bindparam("study_pk"))
+            .values(last_received_at=bindparam("now"), state=StudyState.RECEIVING.value)
+        )
         self._series_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._touched: dict[int, float] = {}
         self._lock = threading.Lock()
+        # One connection per receiving thread, kept open: a pool checkout and its
+        # reset cost more than the insert itself.
+        self._local = threading.local()
+        self._connections: list[Connection] = []
 
     def is_stored(self, sop_instance_uid: str) -> str | None:
         """The spool path of an instance already stored, or ``None``."""
@@ -73,35 +90,65 @@ class InstanceRecorder:
         time, which is what the completion sweep watches (at most every
         :data:`TOUCH_INTERVAL_S` per study and process).
         """
-        with self.engine.begin() as connection:
-            study_pk, series_pk = self._series(connection, instance)
-            now = utcnow()
-            row_id = connection.execute(
-                self._insert(Instance)
-                .values(
-                    sop_instance_uid=instance.sop_instance_uid,
-                    sop_class_uid=instance.sop_class_uid,
-                    series_pk=series_pk,
-                    instance_number=instance.instance_number,
-                    transfer_syntax_uid=instance.transfer_syntax_uid,
-                    path=instance.relative_path,
-                    size_bytes=instance.size_bytes,
-                    calling_ae=instance.calling_ae,
-                    received_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                .returning(Instance.id)
-            ).scalar()
-            if row_id is None:
-                return False
-            if not self._due_for_touch(study_pk):
-                return True
-            connection.execute(
-                update(Study)
-                .where(Study.id == study_pk)
-                .values(last_received_at=now, state=StudyState.RECEIVING)
-            )
-            return True
+        connection = self._connection()
+        try:
+            with connection.begin():
+                return self._record(connection, instance)
+        except DBAPIError:
+            self._drop_connection()
+            raise
+
+    def _connection(self) -> Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None or connection.closed or connection.invalidated:
+            connection = self.engine.connect()
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _drop_connection(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._connections:
+                    self._connections.remove(connection)
+            connection.invalidate()
+            connection.close()
+
+    def close(self) -> None:
+        """Close the connections held by receiving threads."""
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            try:
+                connection.close()
+            except DBAPIError:
+                pass
+
+    def _record(self, connection: Connection, instance: ReceivedInstance) -> bool:
+        study_pk, series_pk = self._series(connection, instance)
+        now = utcnow()
+        row_id = connection.execute(
+            self._insert_instance,
+            {
+                "sop_instance_uid": instance.sop_instance_uid,
+                "sop_class_uid": instance.sop_class_uid,
+                "series_pk": series_pk,
+                "instance_number": instance.instance_number,
+                "transfer_syntax_uid": instance.transfer_syntax_uid,
+                "path": instance.relative_path,
+                "size_bytes": instance.size_bytes,
+                "calling_ae": instance.calling_ae,
+                "received_at": now,
+            },
+        ).scalar()
+        if row_id is None:
+            return False
+        if self._due_for_touch(study_pk):
+            connection.execute(self._touch_study, {"study_pk": study_pk, "now": now})
+        return True
 
     def _due_for_touch(self, study_pk: int) -> bool:
         now = time.monotonic()

@@ -7,28 +7,30 @@ its row is committed, and the C-STORE is answered only after both.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
-import zlib
+import struct
 from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.errors import InvalidDicomError
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.filereader import read_partial
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pacs_node.db.ingest import InstanceRecorder, ReceivedInstance
 from pacs_node.receive.dimse import Request, Status
+from pacs_node.receive.header import LAST_TAG, TAGS as HEADER_TAGS, read_header as read_raw_header
+from pacs_node.receive.part10 import PREAMBLE
 from pacs_node.receive.scp import StoreResult
 from pacs_node.receive.spool import InvalidUID, PartialFile, Spool, validate_uid
 
 log = logging.getLogger(__name__)
 
-#: Every attribute we record lies at or before (0020,0013) Instance Number.
-_LAST_HEADER_TAG = 0x00200013
+_META_START = len(PREAMBLE)
 
 
 def _past_header(tag, vr, length) -> bool:  # noqa: ANN001 - pydicom's stop_when signature
-    return tag > _LAST_HEADER_TAG
+    return tag > LAST_TAG
 
 
 class InvalidInstance(ValueError):
@@ -39,42 +41,56 @@ class InvalidInstance(ValueError):
         self.status = status
 
 
-def _text(ds, keyword: str) -> str:  # noqa: ANN001 - pydicom Dataset
-    value = ds.get(keyword)
-    return "" if value is None else str(value).strip()
+_NEEDED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+_PN_DELIMITERS = {0x5C, 0x3D, 0x5E}
 
 
-def _int(ds, keyword: str) -> int | None:  # noqa: ANN001
-    value = ds.get(keyword)
-    try:
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
+def _decode(raw: dict[str, bytes]) -> dict[str, str]:
+    terms = raw.get("SpecificCharacterSet", b"").decode("ascii", "replace").strip(" \x00").split("\\")
+    encodings = convert_encodings([term.strip() for term in terms])
+    values = {}
+    for keyword, value in raw.items():
+        delimiters = _PN_DELIMITERS if keyword == "PatientName" else set()
+        values[keyword] = decode_bytes(value, encodings, delimiters).strip(" \x00")
+    return values
 
 
-def _parse_header(partial: PartialFile):  # noqa: ANN202 - pydicom Dataset
-    """Parse from the in-memory head; read the file when the head stops too early."""
-    try:
-        ds = read_partial(io.BytesIO(partial.head), stop_when=_past_header)
-        if "StudyInstanceUID" in ds and "SeriesInstanceUID" in ds and "SOPInstanceUID" in ds:
-            return ds
-    except (EOFError, ValueError, OSError, zlib.error):
-        pass
+def _header_values(partial: PartialFile, transfer_syntax: str) -> dict[str, str]:
+    """The header attributes as text, from the in-memory head when possible.
+
+    The File Meta Information is ours (``part10.py``), so it is skipped rather than
+    parsed; pydicom reads the file only for deflated data sets or a head that ends
+    before the attributes we need.
+    """
+    head, uid = partial.head, UID(transfer_syntax)
+    if uid != DeflatedExplicitVRLittleEndian and len(head) >= _META_START + 12:
+        (meta_length,) = struct.unpack_from("<I", head, _META_START + 8)
+        raw = read_raw_header(head, _META_START + 12 + meta_length, uid.is_implicit_VR, uid.is_little_endian)
+        if raw is not None and all(keyword in raw for keyword in _NEEDED):
+            return _decode(raw)
     with open(partial.path, "rb") as fp:
-        return read_partial(fp, stop_when=_past_header)
+        ds = read_partial(fp, stop_when=_past_header)
+    return {keyword: str(ds.get(keyword) or "").strip() for keyword in HEADER_TAGS.values()}
+
+
+def _int(value: str) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def read_header(partial: PartialFile, request: Request, transfer_syntax: str, calling_ae: str) -> ReceivedInstance:
     """The identifying attributes of a partial file; :class:`InvalidInstance` if unusable."""
     try:
-        ds = _parse_header(partial)
-        sop_instance = validate_uid(str(ds.get("SOPInstanceUID", "")), "SOPInstanceUID")
-        sop_class = validate_uid(str(ds.get("SOPClassUID", "")), "SOPClassUID")
-        study = validate_uid(str(ds.get("StudyInstanceUID", "")), "StudyInstanceUID")
-        series = validate_uid(str(ds.get("SeriesInstanceUID", "")), "SeriesInstanceUID")
+        values = _header_values(partial, transfer_syntax)
+        sop_instance = validate_uid(values.get("SOPInstanceUID", ""), "SOPInstanceUID")
+        sop_class = validate_uid(values.get("SOPClassUID", ""), "SOPClassUID")
+        study = validate_uid(values.get("StudyInstanceUID", ""), "StudyInstanceUID")
+        series = validate_uid(values.get("SeriesInstanceUID", ""), "SeriesInstanceUID")
     except InvalidUID as exc:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, str(exc)) from exc
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, OSError, LookupError) as exc:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, "data set cannot be parsed") from exc
     if sop_instance != request.sop_instance_uid:
         raise InvalidInstance(Status.DATASET_MISMATCH, "SOPInstanceUID differs from the C-STORE request")
@@ -89,17 +105,17 @@ def read_header(partial: PartialFile, request: Request, transfer_syntax: str, ca
         relative_path="",
         size_bytes=0,
         calling_ae=calling_ae,
-        patient_id=_text(ds, "PatientID"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
-        patient_name=_text(ds, "PatientName"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        study_date=_text(ds, "StudyDate"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_description=_text(ds, "StudyDescription"),
-        modality=_text(ds, "Modality"),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
-        instance_number=_int(ds, "InstanceNumber"),
+        patient_id=values.get("PatientID", ""),
+        issuer_of_patient_id=values.get("IssuerOfPatientID", ""),
+        patient_name=values.get("PatientName", ""),
+        birth_date=values.get("PatientBirthDate", ""),
+        study_date=values.get("StudyDate", ""),
+        accession_number=values.get("AccessionNumber", ""),
+        study_description=values.get("StudyDescription", ""),
+        modality=values.get("Modality", ""),
+        series_number=_int(values.get("SeriesNumber", "")),
+        series_description=values.get("SeriesDescription", ""),
+        instance_number=_int(values.get("InstanceNumber", "")),
     )
 
 
@@ -118,8 +134,9 @@ class SpoolingSink:
         self._database = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="ingest-db")
 
     def close(self) -> None:
-        """Wait for row commits in flight."""
+        """Wait for row commits in flight, then close the database connections."""
         self._database.shutdown(wait=True)
+        self.recorder.close()
 
     def begin(self) -> PartialFile:
         return self.spool.begin()

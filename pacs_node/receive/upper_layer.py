@@ -101,8 +101,11 @@ def _in_requestor_order(
         order.extend(str(uid) for uid in context.transfer_syntax if str(uid) not in order)
     ordered = []
     for context in supported:
+        wanted = preference.get(str(context.abstract_syntax))
+        if wanted is None:
+            continue  # not proposed: nothing to negotiate
         ours = [str(uid) for uid in context.transfer_syntax]
-        first = [uid for uid in preference.get(str(context.abstract_syntax), []) if uid in ours]
+        first = [uid for uid in wanted if uid in ours]
         ordered.append(build_context(context.abstract_syntax, first + [uid for uid in ours if uid not in first]))
     return ordered
 
