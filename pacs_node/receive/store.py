@@ -7,6 +7,7 @@ its row is committed, and the C-STORE is answered only after both.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +56,13 @@ def _decode(raw: dict[str, bytes]) -> dict[str, str]:
     return values
 
 
+@functools.lru_cache(maxsize=64)
+def _encoding(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    """(deflated, implicit VR, little endian) of a transfer syntax."""
+    uid = UID(transfer_syntax)
+    return uid == DeflatedExplicitVRLittleEndian, uid.is_implicit_VR, uid.is_little_endian
+
+
 def _header_values(partial: PartialFile, transfer_syntax: str) -> dict[str, str]:
     """The header attributes as text, from the in-memory head when possible.
 
@@ -62,10 +70,11 @@ def _header_values(partial: PartialFile, transfer_syntax: str) -> dict[str, str]
     parsed; pydicom reads the file only for deflated data sets or a head that ends
     before the attributes we need.
     """
-    head, uid = partial.head, UID(transfer_syntax)
-    if uid != DeflatedExplicitVRLittleEndian and len(head) >= _META_START + 12:
+    head = partial.head
+    deflated, implicit, little = _encoding(transfer_syntax)
+    if not deflated and len(head) >= _META_START + 12:
         (meta_length,) = struct.unpack_from("<I", head, _META_START + 8)
-        raw = read_raw_header(head, _META_START + 12 + meta_length, uid.is_implicit_VR, uid.is_little_endian)
+        raw = read_raw_header(head, _META_START + 12 + meta_length, implicit, little)
         if raw is not None and all(keyword in raw for keyword in _NEEDED):
             return _decode(raw)
     with open(partial.path, "rb") as fp:

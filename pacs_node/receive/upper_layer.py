@@ -104,9 +104,10 @@ def _in_requestor_order(
         wanted = preference.get(str(context.abstract_syntax))
         if wanted is None:
             continue  # not proposed: nothing to negotiate
-        ours = [str(uid) for uid in context.transfer_syntax]
-        first = [uid for uid in wanted if uid in ours]
-        ordered.append(build_context(context.abstract_syntax, first + [uid for uid in ours if uid not in first]))
+        ours = {str(uid) for uid in context.transfer_syntax}
+        acceptable = [uid for uid in wanted if uid in ours]
+        if acceptable:
+            ordered.append(build_context(context.abstract_syntax, acceptable))
     return ordered
 
 

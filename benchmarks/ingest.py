@@ -1,0 +1,191 @@
+"""Ingest throughput: pacs-node against DCMTK's storescp, in alternating runs.
+
+DCMTK's storescu pushes a 300-slice 512x512 CT series (about 160 MB) into each
+receiver, over one association and over 4 parallel associations (4 copies of the
+series with their own UIDs, as 4 scanners would send them).  Our node writes every
+instance durably (fsync, atomic rename, committed row) before answering; storescp
+writes without fsync.  Both DCMTK tools run with TCP_NODELAY=1.
+
+    .venv/bin/python benchmarks/ingest.py [--rounds 3] [--database-url URL]
+
+Prints instances/s for both receivers and the ratio ours / storescp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pacs_node.ml.ct_series import SeriesIdentity, write_ct_series  # noqa: E402
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+SLICES, SIZE = 300, 512
+#: storescp as the reference measured it (TCP_NODELAY, default 16 KiB PDU), and with
+#: a 128 KiB maximum PDU; pacs-node advertises 256 KiB (storescu sends at most 128 KiB).
+RECEIVERS = ("storescp", "storescp-128k", "pacs-node")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, process: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"receiver exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("receiver did not start")
+
+
+def make_series(folder: Path, copies: int) -> list[Path]:
+    """One CT series, plus copies of it with new study/series/instance UIDs."""
+    first = folder / "series0"
+    if not first.exists():
+        rng = np.random.default_rng(0)
+        volume = rng.normal(-600, 300, size=(SLICES, SIZE, SIZE)).astype(np.float32)
+        write_ct_series(volume, (1.0, 0.7, 0.7), (-179.0, -179.0, -150.0), first, SeriesIdentity())
+    folders = [first]
+    for index in range(1, copies):
+        copy = folder / f"series{index}"
+        folders.append(copy)
+        if copy.exists():
+            continue
+        copy.mkdir()
+        study, series = generate_uid(), generate_uid()
+        for path in sorted(first.glob("*.dcm")):
+            ds = dcmread(path)
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(copy / path.name)
+    return folders
+
+
+def push(port: int, called_ae: str, folders: list[Path]) -> float:
+    """Push each folder on its own association at once; returns the wall time."""
+    started = time.perf_counter()
+    pushes = [
+        subprocess.Popen(
+            ["/usr/bin/storescu", "-aec", called_ae, "127.0.0.1", str(port), "+sd", str(folder)],
+            env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        for folder in folders
+    ]
+    for process in pushes:
+        _, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(f"storescu failed: {stderr[-500:]}")
+    return time.perf_counter() - started
+
+
+def run_storescp(work: Path, folders: list[Path], max_pdu: int | None) -> float:
+    out = work / "storescp-out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    port = free_port()
+    pdu = ["-pdu", str(max_pdu)] if max_pdu else []
+    process = subprocess.Popen(
+        ["/usr/bin/storescp", "--fork", *pdu, "-od", str(out), str(port)],
+        env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, process)
+        seconds = push(port, "STORESCP", folders)
+    finally:
+        process.terminate()
+        process.wait()
+    stored = sum(1 for _ in out.iterdir())
+    expected = sum(len(list(f.glob("*.dcm"))) for f in folders)
+    if stored != expected:
+        raise RuntimeError(f"storescp stored {stored} of {expected}")
+    return seconds
+
+
+def run_ours(work: Path, folders: list[Path], database_url: str | None) -> float:
+    node_dir = work / "node"
+    shutil.rmtree(node_dir, ignore_errors=True)
+    node_dir.mkdir()
+    port = free_port()
+    url = database_url or f"sqlite:///{node_dir / 'node.db'}"
+    config = node_dir / "node.toml"
+    config.write_text(
+        f'[node]\nae_title = "PACS_NODE"\nport = {port}\nname = "bench"\n'
+        f'[storage]\nspool_dir = "{node_dir / "spool"}"\ndatabase_url = "{url}"\nmin_free_mb = 0\n'
+        "[completion]\nquiet_period_s = 600\n[worker]\nenabled = false\n[logging]\nlevel = \"WARNING\"\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pacs_node", "serve", "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, process)
+        seconds = push(port, "PACS_NODE", folders)
+    finally:
+        process.terminate()
+        process.wait()
+    stored = sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm"))
+    expected = sum(len(list(f.glob("*.dcm"))) for f in folders)
+    if stored != expected:
+        raise RuntimeError(f"pacs-node stored {stored} of {expected}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs per configuration")
+    parser.add_argument("--database-url", help="database for our node (default: a fresh SQLite file per run)")
+    parser.add_argument("--data", type=Path, help="where to cache the generated series")
+    args = parser.parse_args()
+    data = args.data or Path(tempfile.gettempdir()) / "pacs-node-bench-ingest"
+    data.mkdir(parents=True, exist_ok=True)
+    print(f"generating/reusing {SLICES}-slice {SIZE}x{SIZE} CT series in {data} ...", flush=True)
+    folders = make_series(data, copies=4)
+    megabytes = sum(p.stat().st_size for p in folders[0].glob("*.dcm")) / 1e6
+    print(f"series: {SLICES} instances, {megabytes:.0f} MB; {os.cpu_count()} CPUs\n", flush=True)
+    with tempfile.TemporaryDirectory(prefix="pacs-node-bench-") as tmp:
+        work = Path(tmp)
+        results: dict[tuple[str, str], list[float]] = {}
+        for round_index in range(args.rounds):
+            for label, chosen in (("1 association", folders[:1]), ("4 associations", folders)):
+                count = SLICES * len(chosen)
+                for receiver in RECEIVERS:
+                    os.sync()  # neither receiver waits behind the other's dirty pages
+                    if receiver == "pacs-node":
+                        seconds = run_ours(work, chosen, args.database_url)
+                    else:
+                        seconds = run_storescp(work, chosen, 131072 if "128k" in receiver else None)
+                    rate = count / seconds
+                    results.setdefault((label, receiver), []).append(rate)
+                    print(f"round {round_index + 1}  {label:<15} {receiver:<14} {rate:8.0f} instances/s", flush=True)
+    print("\nmedian instances/s   storescp  storescp-128k  pacs-node   ratio vs storescp   vs storescp-128k")
+    for label in ("1 association", "4 associations"):
+        median = {receiver: statistics.median(results[(label, receiver)]) for receiver in RECEIVERS}
+        ours = median["pacs-node"]
+        print(
+            f"{label:<18} {median['storescp']:>10.0f} {median['storescp-128k']:>14.0f} {ours:>10.0f}"
+            f"   {ours / median['storescp']:>17.2f}   {ours / median['storescp-128k']:>16.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
