@@ -49,10 +49,15 @@ class NodeConfig(_Section):
     """The DICOM listener: who we are and whom we accept."""
 
     ae_title: AETitle = "PACS_NODE"
-    name: str = Field(default_factory=lambda: os.uname().nodename, min_length=1, max_length=64)
+    name: str = Field(
+        default_factory=lambda: re.sub(r"[^A-Za-z0-9_.-]", "-", os.uname().nodename)[:64] or "node",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+    )
     bind_address: str = "127.0.0.1"
     port: Port = 11112
     max_associations: int = Field(default=16, ge=1, le=1024)
+    #: Processes accepting associations (one core each when several scanners send).
+    receive_processes: int = Field(default=2, ge=1, le=64)
     max_pdu_bytes: int = Field(default=262144, ge=4096, le=16 * 1024 * 1024)
     #: Seconds to wait for an A-ASSOCIATE-RQ (ARTIM) and between PDUs on an association.
     acse_timeout_s: float = Field(default=30.0, gt=0)

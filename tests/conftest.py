@@ -178,7 +178,12 @@ def start_node(folder: Path, database_url: str, port: int | None = None, **secti
         except OSError:
             return False
 
-    wait_until(listening, timeout=30)
+    try:
+        wait_until(listening, timeout=30)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     return node
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import multiprocessing
 import socket
 import threading
 import time
+from multiprocessing.sharedctypes import SynchronizedArray
 
 from pacs_node.receive import upper_layer as ul
 from pacs_node.receive.policy import AssociationPolicy
@@ -31,33 +33,63 @@ def _peer_host(address: tuple) -> str:
     return str(mapped or ip)
 
 
+def open_listener(bind_address: str, port: int) -> socket.socket:
+    """A listening TCP socket; several receiver processes may accept on it."""
+    family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((bind_address, port))
+    listener.listen(128)
+    return listener
+
+
+class AssociationSlots:
+    """Counts running associations against the limit, across receiver processes.
+
+    ``counts`` lives in shared memory with one entry per receiver process, so the
+    entry of a process that died can be cleared without guessing.
+    """
+
+    def __init__(self, limit: int, counts: SynchronizedArray | None = None, index: int = 0) -> None:
+        self.limit = limit
+        self.counts = counts if counts is not None else multiprocessing.get_context("spawn").Array("i", 1)
+        self.index = index
+
+    def acquire(self) -> bool:
+        """Take a slot; ``False`` when the limit is reached."""
+        with self.counts.get_lock():
+            if sum(self.counts.get_obj()) >= self.limit:
+                return False
+            self.counts.get_obj()[self.index] += 1
+            return True
+
+    def release(self) -> None:
+        with self.counts.get_lock():
+            self.counts.get_obj()[self.index] -= 1
+
+
 class StorageServer:
-    """Listens on (bind_address, port) and serves associations until :meth:`stop`."""
+    """Accepts on a listening socket and serves associations until :meth:`stop`."""
 
     def __init__(
         self,
-        bind_address: str,
-        port: int,
+        listener: socket.socket,
         policy: AssociationPolicy,
         sink: InstanceSink,
+        slots: AssociationSlots,
         *,
-        max_associations: int = 16,
         max_pdu: int = 262144,
         acse_timeout_s: float = 30.0,
         network_timeout_s: float = 120.0,
     ) -> None:
         self.policy = policy
         self.sink = sink
-        self.max_associations = max_associations
+        self.slots = slots
         self.max_pdu = max_pdu
         self.acse_timeout_s = acse_timeout_s
         self.network_timeout_s = network_timeout_s
         self.contexts = ul.storage_contexts()
-        family = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
-        self._listener = socket.socket(family, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((bind_address, port))
-        self._listener.listen(128)
+        self._listener = listener
         self._listener.settimeout(0.2)
         self.address = self._listener.getsockname()[:2]
         self._stopping = threading.Event()
@@ -100,12 +132,10 @@ class StorageServer:
     def _serve(self, conn: socket.socket, peer: str, serial: int) -> None:
         started = time.monotonic()
         with self._lock:
-            over_limit = len(self._active) >= self.max_associations
-            if not over_limit:
-                self._active[serial] = conn
+            self._active[serial] = conn
         try:
             conn.settimeout(self.acse_timeout_s)
-            outcome = self._associate_and_serve(conn, peer, serial, over_limit)
+            outcome = self._associate_and_serve(conn, peer, serial)
         except Exception:  # never let one association take the listener down
             log.exception("event=association_error assoc=%d", serial)
             outcome = "error"
@@ -119,7 +149,8 @@ class StorageServer:
                 pass
         log.debug("event=association_closed assoc=%d outcome=%r seconds=%.2f", serial, outcome, time.monotonic() - started)
 
-    def _associate_and_serve(self, conn: socket.socket, peer: str, serial: int, over_limit: bool) -> str:
+    def _associate_and_serve(self, conn: socket.socket, peer: str, serial: int) -> str:
+        """Read the A-ASSOCIATE-RQ, then hold a slot of the association limit until the end."""
         try:
             pdu_type, length = ul.read_pdu_header(conn)
             if pdu_type != ul.A_ASSOCIATE_RQ_TYPE or length > ul.MAX_ASSOCIATE_RQ_BYTES:
@@ -128,15 +159,26 @@ class StorageServer:
                 return "aborted before association"
             body = bytearray(length)
             ul.recv_exact(conn, memoryview(body))
+        except (ul.PeerClosed, TimeoutError, OSError) as exc:
+            return f"connection lost before association: {type(exc).__name__}"
+        slot = self.slots.acquire()
+        try:
+            return self._negotiate_and_serve(conn, peer, serial, bytes(body), over_limit=not slot)
+        except OSError as exc:
+            return f"connection lost: {type(exc).__name__}"
+        finally:
+            if slot:
+                self.slots.release()
+
+    def _negotiate_and_serve(self, conn: socket.socket, peer: str, serial: int, body: bytes, over_limit: bool) -> str:
+        try:
             association, reply, reason, calling, called = ul.negotiate(
-                bytes(body), peer, self.policy, self.contexts, self.max_pdu, over_limit
+                body, peer, self.policy, self.contexts, self.max_pdu, over_limit
             )
         except ul.ProtocolError as exc:
             conn.sendall(ul.abort_pdu(source=2, reason=0))
             log.warning("event=association_aborted assoc=%d peer=%s reason=%r", serial, peer, str(exc))
             return "aborted before association"
-        except (ul.PeerClosed, TimeoutError, OSError) as exc:
-            return f"connection lost before association: {type(exc).__name__}"
         conn.sendall(reply)
         if association is None:
             log.warning(
@@ -162,9 +204,9 @@ class StorageServer:
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let running associations finish for ``grace_s``, then abort them."""
         self._stopping.set()
-        self._listener.close()
         if self._acceptor is not None:
             self._acceptor.join(timeout=2)
+        self._listener.close()
         deadline = time.monotonic() + grace_s
         while self.active_associations() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -57,6 +57,13 @@ def validate_uid(value: str, name: str) -> str:
     return uid
 
 
+def validate_name(name: str) -> str:
+    """A node name usable as a folder name."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name) or name in {".", ".."}:
+        raise ValueError(f"node name {name!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    return name
+
+
 class SpoolFull(OSError):
     """Less free space than the configured minimum."""
 
@@ -116,12 +123,16 @@ class PartialFile:
 
 
 class Spool:
-    """The spool directory: ``incoming/`` for partial files, ``studies/`` for stored ones."""
+    """The spool directory: ``incoming/<node>/`` for partial files, ``studies/`` for stored ones.
 
-    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
+    Each node has its own incoming folder, so nodes sharing a spool never remove each
+    other's files in flight.
+    """
+
+    def __init__(self, root: Path, min_free_bytes: int = 0, node_name: str = "local") -> None:
         self.root = root
         self.min_free_bytes = min_free_bytes
-        self.incoming = root / "incoming"
+        self.incoming = root / "incoming" / validate_name(node_name)
         self.studies = root / "studies"
         for folder in (self.incoming, self.studies):
             folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -175,7 +176,7 @@ def test_sigkill_mid_push_loses_no_acknowledged_instance(node_factory, tmp_path:
     for path in _stored_files(node):
         assert pydicom.dcmread(path).PixelData
     restarted = node_factory(folder=tmp_path / "node", database_url=node.database_url, node={"port": node.port})
-    assert list((restarted.spool / "incoming").glob("*.part")) == []
+    assert list((restarted.spool / "incoming").rglob("*.part")) == []
     engine = create_engine(node.database_url)
     with engine.connect() as connection:
         rows = dict(connection.execute(select(Instance.sop_instance_uid, Instance.path)).all())
@@ -231,3 +232,30 @@ def test_status_and_echo_commands(node_factory, ct_series) -> None:
     failed = subprocess.run([sys.executable, "-m", "pacs_node", "echo", f"PACS_NODE@127.0.0.1:{node.port}",
                              "--timeout", "3"], capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "failed" in failed.stderr
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_receiver_process_that_dies_is_replaced(node_factory, ct_series) -> None:
+    node = node_factory(node={"receive_processes": 2})
+    [child] = wait_until(lambda: [c for c in _children(node.process.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()], timeout=20)
+    wait_until(lambda: "event=receiver_started process=1" in node.output(), timeout=20)
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: "event=receiver_died process=1" in node.output(), timeout=20)
+    wait_until(lambda: node.output().count("event=receiver_started process=1") == 2, timeout=20)
+    for _ in range(4):  # connections land on either process; all are served
+        assert storescu(node.port, ct_series[0].parent).returncode == 0
+    receivers = _children(node.process.pid)
+    assert receivers
+    assert node.stop() == 0
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), timeout=20)

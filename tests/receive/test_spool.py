@@ -38,7 +38,7 @@ def test_leftover_partial_files_are_removed(tmp_path: Path) -> None:
     spool.begin().write(b"half")
     spool.close()
     assert Spool(tmp_path).clean_incoming() >= 1
-    assert list((tmp_path / "incoming").iterdir()) == []
+    assert list((tmp_path / "incoming").rglob("*.part")) == []
 
 
 def test_below_free_space_minimum_refuses(tmp_path: Path) -> None:

@@ -1,0 +1,50 @@
+"""The receive stage of one process: spool, sink and listener built from settings."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from pacs_node.config import Settings
+from pacs_node.db.ingest import InstanceRecorder
+from pacs_node.receive.policy import AssociationPolicy
+from pacs_node.receive.server import AssociationSlots, StorageServer
+from pacs_node.receive.spool import Spool
+from pacs_node.receive.store import SpoolingSink
+
+
+@dataclass
+class Receiver:
+    """A storage SCP with the spool and sink it writes through."""
+
+    server: StorageServer
+    sink: SpoolingSink
+    spool: Spool
+
+    def start(self) -> None:
+        self.server.start()
+
+    def stop(self, grace_s: float) -> None:
+        """Stop accepting, let associations finish, then release files and connections."""
+        self.server.stop(grace_s)
+        self.sink.close()
+        self.spool.close()
+
+
+def build_receiver(settings: Settings, engine: Engine, listener: socket.socket, slots: AssociationSlots) -> Receiver:
+    """Everything one process needs to receive on ``listener``."""
+    node = settings.node
+    spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024, node.name)
+    sink = SpoolingSink(spool, InstanceRecorder(engine), max_parallel=node.max_associations)
+    server = StorageServer(
+        listener,
+        AssociationPolicy(node.ae_title, tuple(node.allowed_callers)),
+        sink,
+        slots,
+        max_pdu=node.max_pdu_bytes,
+        acse_timeout_s=node.acse_timeout_s,
+        network_timeout_s=node.network_timeout_s,
+    )
+    return Receiver(server, sink, spool)
