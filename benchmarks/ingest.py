@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,22 @@ def push(port: int, called_ae: str, folders: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def timed_push(
+    process: subprocess.Popen, port: int, called_ae: str, folders: list[Path], count_stored: Callable[[], int]
+) -> float:
+    """Push into a started receiver, stop it, check that it kept everything; returns seconds."""
+    try:
+        wait_listening(port, process)
+        seconds = push(port, called_ae, folders)
+    finally:
+        process.terminate()
+        process.wait()
+    stored, expected = count_stored(), sum(len(list(f.glob("*.dcm"))) for f in folders)
+    if stored != expected:
+        raise RuntimeError(f"{called_ae} stored {stored} of {expected}")
+    return seconds
+
+
 def run_storescp(work: Path, folders: list[Path], max_pdu: int | None) -> float:
     out = work / "storescp-out"
     shutil.rmtree(out, ignore_errors=True)
@@ -108,17 +125,7 @@ def run_storescp(work: Path, folders: list[Path], max_pdu: int | None) -> float:
         ["/usr/bin/storescp", "--fork", *pdu, "-od", str(out), str(port)],
         env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        wait_listening(port, process)
-        seconds = push(port, "STORESCP", folders)
-    finally:
-        process.terminate()
-        process.wait()
-    stored = sum(1 for _ in out.iterdir())
-    expected = sum(len(list(f.glob("*.dcm"))) for f in folders)
-    if stored != expected:
-        raise RuntimeError(f"storescp stored {stored} of {expected}")
-    return seconds
+    return timed_push(process, port, "STORESCP", folders, lambda: sum(1 for _ in out.iterdir()))
 
 
 def run_ours(work: Path, folders: list[Path], database_url: str | None) -> float:
@@ -137,17 +144,7 @@ def run_ours(work: Path, folders: list[Path], database_url: str | None) -> float
         [sys.executable, "-m", "pacs_node", "serve", "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    try:
-        wait_listening(port, process)
-        seconds = push(port, "PACS_NODE", folders)
-    finally:
-        process.terminate()
-        process.wait()
-    stored = sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm"))
-    expected = sum(len(list(f.glob("*.dcm"))) for f in folders)
-    if stored != expected:
-        raise RuntimeError(f"pacs-node stored {stored} of {expected}")
-    return seconds
+    return timed_push(process, port, "PACS_NODE", folders, lambda: sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm")))
 
 
 def main() -> None:

@@ -78,11 +78,15 @@ def test_new_instance_reopens_study_and_supersedes_queued_job(database_url: str)
     engine.dispose()
 
 
-def test_claim_finish_and_requeue_after_restart(database_url: str) -> None:
+def _one_queued_job(database_url: str) -> Engine:
     engine = _engine(database_url)
-    recorder = InstanceRecorder(engine)
-    _receive(recorder, "1.2.3", "1.2.3.1.1")
+    _receive(InstanceRecorder(engine), "1.2.3", "1.2.3.1.1")
     queue.complete_quiet_studies(engine, 60, now=_later(62))
+    return engine
+
+
+def test_claim_finish_and_requeue_after_restart(database_url: str) -> None:
+    engine = _one_queued_job(database_url)
     job = queue.claim_job(engine, "node-a", lease_s=600, max_attempts=3)
     assert job is not None and job.attempts == 1
     assert queue.claim_job(engine, "node-b", lease_s=600, max_attempts=3) is None
@@ -97,10 +101,7 @@ def test_claim_finish_and_requeue_after_restart(database_url: str) -> None:
 
 
 def test_expired_lease_is_requeued_and_poison_job_fails(database_url: str) -> None:
-    engine = _engine(database_url)
-    recorder = InstanceRecorder(engine)
-    _receive(recorder, "1.2.3", "1.2.3.1.1")
-    queue.complete_quiet_studies(engine, 60, now=_later(62))
+    engine = _one_queued_job(database_url)
     for _ in range(2):
         assert queue.claim_job(engine, "node-a", lease_s=-1, max_attempts=2) is not None
         assert queue.requeue_abandoned(engine) == 1  # lease already expired
