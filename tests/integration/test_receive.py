@@ -259,3 +259,16 @@ def test_receiver_process_that_dies_is_replaced(node_factory, ct_series) -> None
     assert receivers
     assert node.stop() == 0
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), timeout=20)
+
+
+def test_serve_reports_a_taken_port_and_exits(tmp_path: Path) -> None:
+    from tests.conftest import write_config
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        config = write_config(tmp_path, taken.getsockname()[1], f"sqlite:///{tmp_path / 'db'}")
+        result = subprocess.run([sys.executable, "-m", "pacs_node", "serve", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "cannot start" in result.stderr and "Address already in use" in result.stderr
