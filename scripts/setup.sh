@@ -23,12 +23,24 @@ fi
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
+# pip without its warnings; its whole output is shown only when it fails.
+pip_quietly() {
+    local log
+    log=$(mktemp)
+    if ! "$VENV/bin/pip" -q "$@" >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        return 1
+    fi
+    rm -f "$log"
+}
+
 stamp="$VENV/.pacs-node-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "$VENV/bin/pip" install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+    pip_quietly install --upgrade pip
     # The CPU build of torch; a looser pin would pull a multi-GB CUDA build.
-    "$VENV/bin/pip" install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/pip" install -q -e ".[test,postgres]" 2>&1 | grep -v "^WARNING: Location" || true
+    pip_quietly install torch==2.13.0
+    pip_quietly install -e ".[test,postgres]"
     "$VENV/bin/python" -c "import torch, pynetdicom, highdicom, pacs_node" 
     touch "$stamp"
 fi

@@ -45,6 +45,18 @@ def _stored_files(node: RunningNode) -> list[Path]:
     return sorted((node.spool / "studies").rglob("*.dcm"))
 
 
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
 def test_pushed_series_is_stored_completed_and_queued(database_url: str, node_factory, ct_series) -> None:
     node = node_factory(database_url)
     result = storescu(node.port, ct_series[0].parent)
@@ -167,8 +179,11 @@ def test_sigkill_mid_push_loses_no_acknowledged_instance(node_factory, tmp_path:
         env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     wait_until(lambda: _count(node, Instance) >= 40, timeout=60, interval=0.01)
+    receivers = _children(node.process.pid)
     node.process.send_signal(signal.SIGKILL)
     node.process.wait()
+    # as systemd does, restart only once every process of the node is gone
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), timeout=30)
     _, stderr = push.communicate(timeout=60)
     acknowledged = _acknowledged(stderr)
     assert 40 <= len(acknowledged) < len(series), "the kill should land mid-push"
@@ -232,18 +247,6 @@ def test_status_and_echo_commands(node_factory, ct_series) -> None:
     failed = subprocess.run([sys.executable, "-m", "pacs_node", "echo", f"PACS_NODE@127.0.0.1:{node.port}",
                              "--timeout", "3"], capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1 and "failed" in failed.stderr
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
 
 
 def test_receiver_process_that_dies_is_replaced(node_factory, ct_series) -> None:
