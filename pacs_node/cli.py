@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import signal
 import sys
@@ -91,6 +92,25 @@ def echo(
         typer.echo(f"C-ECHO {target}: failed: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(f"C-ECHO {target}: success in {seconds * 1000:.0f} ms")
+
+
+class PhantomFormat(str, enum.Enum):
+    dicom = "dicom"
+    luna16 = "luna16"
+
+
+@app.command()
+def phantom(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write into.")],
+    studies: Annotated[int, typer.Option(min=1, help="How many studies.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same studies.")] = 0,
+    fmt: Annotated[PhantomFormat, typer.Option("--format", help="dicom: one CT series per study; luna16: .mhd/.raw and annotations.csv.")] = PhantomFormat.dicom,
+) -> None:
+    """Generate synthetic chest CT studies with known nodules (ground truth beside them)."""
+    from pacs_node.ml.phantom import generate_studies
+
+    written = generate_studies(out, studies, seed, fmt.value)
+    typer.echo(f"wrote {len(written)} {fmt.value} stud{'y' if len(written) == 1 else 'ies'} under {out}")
 
 
 def main() -> None:
