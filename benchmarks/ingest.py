@@ -128,7 +128,7 @@ def run_storescp(work: Path, folders: list[Path], max_pdu: int | None) -> float:
     return timed_push(process, port, "STORESCP", folders, lambda: sum(1 for _ in out.iterdir()))
 
 
-def run_ours(work: Path, folders: list[Path], database_url: str | None) -> float:
+def run_ours(work: Path, folders: list[Path], database_url: str | None, processes: int) -> float:
     node_dir = work / "node"
     shutil.rmtree(node_dir, ignore_errors=True)
     node_dir.mkdir()
@@ -136,15 +136,24 @@ def run_ours(work: Path, folders: list[Path], database_url: str | None) -> float
     url = database_url or f"sqlite:///{node_dir / 'node.db'}"
     config = node_dir / "node.toml"
     config.write_text(
-        f'[node]\nae_title = "PACS_NODE"\nport = {port}\nname = "bench"\n'
+        f'[node]\nae_title = "PACS_NODE"\nport = {port}\nname = "bench"\nreceive_processes = {processes}\n'
         f'[storage]\nspool_dir = "{node_dir / "spool"}"\ndatabase_url = "{url}"\nmin_free_mb = 0\n'
-        "[completion]\nquiet_period_s = 600\n[worker]\nenabled = false\n[logging]\nlevel = \"WARNING\"\n"
+        "[completion]\nquiet_period_s = 600\n[worker]\nenabled = false\n[logging]\nlevel = \"INFO\"\n"
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pacs_node", "serve", "--config", str(config)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = node_dir / "node.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pacs_node", "serve", "--config", str(config)], stdout=output, stderr=output
+        )
+    # measure a node that has finished starting, all its receiver processes included
+    deadline = time.monotonic() + 60
+    while log.read_text().count("event=receiver_started") < processes - 1:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"node did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    return timed_push(
+        process, port, "PACS_NODE", folders, lambda: sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm"))
     )
-    return timed_push(process, port, "PACS_NODE", folders, lambda: sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm")))
 
 
 def main() -> None:
@@ -152,6 +161,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per configuration")
     parser.add_argument("--database-url", help="database for our node (default: a fresh SQLite file per run)")
     parser.add_argument("--data", type=Path, help="where to cache the generated series")
+    parser.add_argument("--receive-processes", type=int, default=1, help="node.receive_processes for our node")
     args = parser.parse_args()
     data = args.data or Path(tempfile.gettempdir()) / "pacs-node-bench-ingest"
     data.mkdir(parents=True, exist_ok=True)
@@ -168,7 +178,7 @@ def main() -> None:
                 for receiver in RECEIVERS:
                     os.sync()  # neither receiver waits behind the other's dirty pages
                     if receiver == "pacs-node":
-                        seconds = run_ours(work, chosen, args.database_url)
+                        seconds = run_ours(work, chosen, args.database_url, args.receive_processes)
                     else:
                         seconds = run_storescp(work, chosen, 131072 if "128k" in receiver else None)
                     rate = count / seconds

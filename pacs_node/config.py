@@ -57,7 +57,7 @@ class NodeConfig(_Section):
     port: Port = 11112
     max_associations: int = Field(default=16, ge=1, le=1024)
     #: Processes accepting associations (one core each when several scanners send).
-    receive_processes: int = Field(default=2, ge=1, le=64)
+    receive_processes: int = Field(default=1, ge=1, le=64)
     max_pdu_bytes: int = Field(default=262144, ge=4096, le=16 * 1024 * 1024)
     #: Seconds to wait for an A-ASSOCIATE-RQ (ARTIM) and between PDUs on an association.
     acse_timeout_s: float = Field(default=30.0, gt=0)

@@ -144,7 +144,7 @@ def test_extra_associations_are_rejected_not_hung(node_factory, ct_series) -> No
     from pynetdicom import AE
     from pynetdicom.sop_class import CTImageStorage
 
-    node = node_factory(node={"max_associations": 1})
+    node = node_factory(node={"max_associations": 1, "receive_processes": 2})  # the limit spans processes
     ae = AE(ae_title="HOLDER")
     ae.add_requested_context(CTImageStorage)
     held = ae.associate("127.0.0.1", node.port, ae_title="PACS_NODE")
