@@ -94,6 +94,36 @@ def echo(
     typer.echo(f"C-ECHO {target}: success in {seconds * 1000:.0f} ms")
 
 
+@app.command()
+def resend(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID whose reports to deliver again.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Deliver a study's reports to every destination again (the same objects, same UIDs)."""
+    from pacs_node.db.deliveries import resend_study
+    from pacs_node.db.engine import make_engine
+    from pacs_node.receive.spool import InvalidUID, validate_uid
+
+    settings = _settings(config)
+    try:
+        study_uid = validate_uid(study_uid, "STUDY_UID")
+    except InvalidUID as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    if not settings.destinations:
+        typer.echo(f"{config}: no [[destinations]] configured", err=True)
+        raise typer.Exit(2)
+    engine = make_engine(settings.storage.database_url)
+    try:
+        queued = resend_study(engine, study_uid, settings.destinations)
+    finally:
+        engine.dispose()
+    if not queued:
+        typer.echo("no finished report for that study", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"queued {queued} deliver{'y' if queued == 1 else 'ies'}; the running node sends them")
+
+
 class PhantomFormat(str, enum.Enum):
     dicom = "dicom"
     luna16 = "luna16"

@@ -105,14 +105,32 @@ class WorkerConfig(_Section):
 
 
 class Destination(_Section):
-    """A DICOM node that receives our reports."""
+    """A DICOM node that receives our reports, and which of them (its output profile)."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
+    #: "sr": the TID 1500 structured report; "key_image": the Secondary Capture key images.
+    objects: list[Literal["sr", "key_image"]] = Field(default_factory=lambda: ["sr", "key_image"], min_length=1)
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+
+class SendingConfig(_Section):
+    """Retries and the circuit breaker for sending to destinations."""
+
+    #: Transient failures before a delivery is given up (permanent ones stop at once).
+    max_attempts: int = Field(default=8, ge=1)
+    first_retry_s: float = Field(default=30.0, gt=0)
+    max_retry_s: float = Field(default=1800.0, gt=0)
+    #: Each delay is varied by up to this fraction, so retries of many deliveries spread out.
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    #: Consecutive transient failures that pause a destination; it is then probed with C-ECHO.
+    breaker_failures: int = Field(default=5, ge=1)
+    probe_interval_s: float = Field(default=60.0, gt=0)
+    timeout_s: float = Field(default=30.0, gt=0)
+    poll_interval_s: float = Field(default=2.0, gt=0)
 
 
 class RetentionConfig(_Section):
@@ -136,6 +154,7 @@ class Settings(_Section):
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
     destinations: list[Destination] = Field(default_factory=list)
+    sending: SendingConfig = Field(default_factory=SendingConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 

@@ -16,6 +16,7 @@ from pacs_node.receive.server import AssociationSlots, open_listener
 from pacs_node.receive.service import build_receiver
 from pacs_node.receive.spool import Spool
 from pacs_node.schedule import build_scheduler
+from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import JobRunner, Worker
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class Node:
             if worker_settings.enabled
             else None
         )
-        self.scheduler = build_scheduler(settings, self.engine, self.worker)
+        self.dispatcher = Dispatcher(self.engine, settings) if settings.destinations else None
+        self.scheduler = build_scheduler(settings, self.engine, self.worker, self.dispatcher)
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
         self.stopped = threading.Event()

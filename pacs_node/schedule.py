@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 
 from pacs_node.config import Settings
 from pacs_node.db import queue
+from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,25 @@ def _recover(engine: Engine) -> None:
         log.error("event=recover_failed reason=database unavailable error=%s", type(exc.orig).__name__)
 
 
-def build_scheduler(settings: Settings, engine: Engine, worker: Worker | None) -> BackgroundScheduler:
-    """A scheduler with the completion sweep, and the worker's dispatch when given."""
+def _deliver(dispatcher: Dispatcher) -> None:
+    try:
+        while dispatcher.run_once() is not None:
+            pass
+    except OperationalError as exc:
+        log.error("event=delivery_failed reason=database unavailable error=%s", type(exc.orig).__name__)
+
+
+def _probe(dispatcher: Dispatcher) -> None:
+    try:
+        dispatcher.probe()
+    except OperationalError as exc:
+        log.error("event=probe_failed reason=database unavailable error=%s", type(exc.orig).__name__)
+
+
+def build_scheduler(
+    settings: Settings, engine: Engine, worker: Worker | None, dispatcher: Dispatcher | None = None
+) -> BackgroundScheduler:
+    """A scheduler with the completion sweep, the worker's dispatch and the sender, when given."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "misfire_grace_time": 30})
     scheduler.add_job(
         _sweep,
@@ -66,5 +84,11 @@ def build_scheduler(settings: Settings, engine: Engine, worker: Worker | None) -
             args=[worker],
             id="job-dispatch",
             max_instances=settings.worker.concurrency,
+        )
+    if dispatcher is not None:
+        sending = settings.sending
+        scheduler.add_job(_deliver, "interval", seconds=sending.poll_interval_s, args=[dispatcher], id="deliveries")
+        scheduler.add_job(
+            _probe, "interval", seconds=min(sending.probe_interval_s, 10.0), args=[dispatcher], id="destination-probes"
         )
     return scheduler

@@ -6,7 +6,7 @@ import json
 
 from sqlalchemy import Engine, Row, func, select
 
-from pacs_node.db.models import Instance, Job, JobState, Series, Study
+from pacs_node.db.models import Delivery, DeliveryState, DestinationHealth, Instance, Job, JobState, Series, Study
 
 
 def _job_summary(job: Row | None) -> str:
@@ -59,4 +59,36 @@ def render_status(engine: Engine, limit: int = 20) -> str:
         )
     if not studies:
         lines.append("(no studies received yet)")
+    lines.extend(_delivery_lines(engine, limit))
     return "\n".join(lines)
+
+
+def _delivery_lines(engine: Engine, limit: int) -> list[str]:
+    with engine.connect() as connection:
+        troubled = connection.execute(
+            select(Delivery.id, Delivery.job_pk, Job.study_pk, Delivery.destination, Delivery.state,
+                   Delivery.attempts, Delivery.next_attempt_at, Delivery.last_error)
+            .join(Job, Job.id == Delivery.job_pk)
+            .where(
+                (Delivery.state == DeliveryState.FAILED)
+                | ((Delivery.state == DeliveryState.PENDING) & (Delivery.attempts > 0))
+            )
+            .order_by(Delivery.id.desc())
+            .limit(limit)
+        ).all()
+        paused = connection.execute(
+            select(DestinationHealth.name, DestinationHealth.open_since, DestinationHealth.last_error)
+            .where(DestinationHealth.open_since.is_not(None))
+        ).all()
+    lines = []
+    for destination in paused:
+        lines.append(f"destination {destination.name} PAUSED since {destination.open_since:%Y-%m-%d %H:%M:%S}: "
+                     f"{(destination.last_error or '')[:80]} (probed with C-ECHO until it answers)")
+    if troubled:
+        lines += ["", "deliveries failed or retrying:",
+                  f"{'delivery':>8}  {'study':>6}  {'destination':<16} {'state':<8} {'tries':>5}  reason"]
+        for row in troubled:
+            when = f" (next {row.next_attempt_at:%H:%M:%S})" if row.state == DeliveryState.PENDING else ""
+            lines.append(f"{row.id:>8}  {row.study_pk:>6}  {row.destination:<16} {row.state.value:<8} "
+                         f"{row.attempts:>5}  {(row.last_error or '')[:70]}{when}")
+    return lines

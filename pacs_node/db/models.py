@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, DateTime, Enum, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)
@@ -20,8 +20,25 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+class UtcDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:  # noqa: ANN001
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: use timezone-aware UTC")
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:  # noqa: ANN001
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dt.datetime: DateTime(timezone=True)}
+    type_annotation_map = {dt.datetime: UtcDateTime()}
 
 
 class StudyState(enum.StrEnum):
@@ -46,8 +63,23 @@ class DeliveryState(enum.StrEnum):
     """States of one object set's delivery to one destination."""
 
     PENDING = "pending"
+    SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+
+
+class FailureKind(enum.StrEnum):
+    """Why a send failed: worth retrying, or not."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+class ObjectKind(enum.StrEnum):
+    """What an object produced by an analysis is."""
+
+    SR = "sr"
+    KEY_IMAGE = "key_image"
 
 
 def _enum(cls: type[enum.StrEnum]) -> Enum:
@@ -154,10 +186,46 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
+    #: Comma-separated object kinds this destination receives (its output profile).
+    kinds: Mapped[str] = mapped_column(String(64), default="sr,key_image")
     state: Mapped[DeliveryState] = mapped_column(_enum(DeliveryState), default=DeliveryState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    failure: Mapped[FailureKind | None] = mapped_column(_enum(FailureKind), default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     job: Mapped[Job] = relationship(back_populates="deliveries")
+
+    __table_args__ = (Index("ix_deliveries_state_next", "state", "next_attempt_at"),)
+
+
+class ReportObject(Base):
+    """A DICOM object an analysis produced, stored once so every send is identical."""
+
+    __tablename__ = "report_objects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_pk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[ObjectKind] = mapped_column(_enum(ObjectKind))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    #: Path relative to the spool directory.
+    path: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class DestinationHealth(Base):
+    """Circuit-breaker state of one destination, shared by all node processes."""
+
+    __tablename__ = "destination_health"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: Set while the breaker is open: deliveries wait, C-ECHO probes run instead.
+    open_since: Mapped[dt.datetime | None] = mapped_column(default=None)
+    next_probe_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)

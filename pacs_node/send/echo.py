@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-import socket
 import time
 
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
+
+from pacs_node.send._tcp import NO_DELAY
 
 _TARGET = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[^\]]+\]|[^:]+):(?P<port>\d{1,5})$")
 
@@ -24,9 +25,6 @@ def parse_target(target: str) -> tuple[str, str, int]:
     return match["ae"], match["host"].strip("[]"), int(match["port"])
 
 
-def _no_delay(event: evt.Event) -> None:
-    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
 
 def c_echo(ae_title: str, host: str, port: int, calling_ae: str = "PACS_NODE", timeout_s: float = 10.0) -> float:
     """Send one C-ECHO; returns the round-trip seconds, or raises :class:`EchoError`."""
@@ -35,7 +33,7 @@ def c_echo(ae_title: str, host: str, port: int, calling_ae: str = "PACS_NODE", t
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.connection_timeout = timeout_s
     started = time.monotonic()
-    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
+    assoc = ae.associate(host, port, ae_title=ae_title, evt_handlers=NO_DELAY)
     if not assoc.is_established:
         if assoc.is_rejected:
             raise EchoError("association rejected")

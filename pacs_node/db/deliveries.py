@@ -1,0 +1,248 @@
+"""Deliveries: the report objects of a job, owed to each destination, and their retries.
+
+Like jobs, every transition is a guarded UPDATE so several processes can dispatch from
+one database.  The circuit breaker of each destination is a row too: while it is open,
+that destination's deliveries wait and only C-ECHO probes run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, and_, insert, or_, select, update
+
+from pacs_node.config import Destination, SendingConfig
+from pacs_node.db.models import (
+    Delivery,
+    DeliveryState,
+    DestinationHealth,
+    FailureKind,
+    Job,
+    JobState,
+    ObjectKind,
+    ReportObject,
+    Study,
+    utcnow,
+)
+
+#: A delivery claimed this long ago without an outcome (its sender died) is due again.
+SENDING_LEASE_S = 600.0
+
+
+@dataclass(frozen=True)
+class ClaimedDelivery:
+    """A delivery this process is sending now."""
+
+    id: int
+    job_pk: int
+    destination: str
+    kinds: tuple[ObjectKind, ...]
+    attempts: int
+
+
+def record_objects(engine: Engine, job_pk: int, objects: Sequence[tuple[ObjectKind, str, str, str]]) -> None:
+    """Store the (kind, SOP class, SOP instance UID, spool-relative path) a job produced."""
+    with engine.begin() as connection:
+        for kind, sop_class, sop_instance, path in objects:
+            connection.execute(
+                insert(ReportObject).values(
+                    job_pk=job_pk, kind=kind, sop_class_uid=sop_class, sop_instance_uid=sop_instance, path=path
+                )
+            )
+
+
+def objects_of(engine: Engine, job_pk: int, kinds: Sequence[ObjectKind]) -> list[ReportObject]:
+    """The stored objects of a job of the given kinds, SR first."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(ReportObject).where(ReportObject.job_pk == job_pk, ReportObject.kind.in_(list(kinds)))
+        ).all()
+    return sorted(rows, key=lambda row: (row.kind != ObjectKind.SR, row.id))
+
+
+def queue_deliveries(engine: Engine, job_pk: int, destinations: Sequence[Destination]) -> int:
+    """Owe a job's objects to every destination, each with its output profile."""
+    with engine.begin() as connection:
+        for destination in destinations:
+            connection.execute(
+                insert(Delivery).values(
+                    job_pk=job_pk,
+                    destination=destination.name,
+                    kinds=",".join(destination.objects),
+                    state=DeliveryState.PENDING,
+                    attempts=0,
+                    next_attempt_at=utcnow(),
+                    created_at=utcnow(),
+                )
+            )
+    return len(destinations)
+
+
+def _open_destinations(connection) -> set[str]:  # noqa: ANN001 - SQLAlchemy Connection
+    return set(connection.scalars(select(DestinationHealth.name).where(DestinationHealth.open_since.is_not(None))))
+
+
+def claim_delivery(engine: Engine, worker: str) -> ClaimedDelivery | None:
+    """Claim the oldest due delivery to a destination whose breaker is closed."""
+    now = utcnow()
+    with engine.begin() as connection:
+        paused = _open_destinations(connection)
+        due = and_(
+            or_(
+                Delivery.state == DeliveryState.PENDING,
+                and_(Delivery.state == DeliveryState.SENDING, Delivery.lease_expires_at < now),
+            ),
+            Delivery.next_attempt_at <= now,
+        )
+        if paused:
+            due = and_(due, Delivery.destination.not_in(paused))
+        oldest = (
+            select(Delivery.id).where(due).order_by(Delivery.next_attempt_at, Delivery.id).limit(1)
+            .with_for_update(skip_locked=True).scalar_subquery()
+        )
+        row = connection.execute(
+            update(Delivery)
+            .where(Delivery.id == oldest, due)
+            .values(
+                state=DeliveryState.SENDING,
+                claimed_by=worker,
+                lease_expires_at=now + dt.timedelta(seconds=SENDING_LEASE_S),
+                attempts=Delivery.attempts + 1,
+            )
+            .returning(Delivery.id, Delivery.job_pk, Delivery.destination, Delivery.kinds, Delivery.attempts)
+        ).first()
+    if row is None:
+        return None
+    kinds = tuple(ObjectKind(kind) for kind in row.kinds.split(",") if kind)
+    return ClaimedDelivery(row.id, row.job_pk, row.destination, kinds, row.attempts)
+
+
+def retry_delay_s(attempt: int, sending: SendingConfig, rng: random.Random | None = None) -> float:
+    """Exponential backoff with jitter: first_retry_s * 2^(attempt-1), capped, varied."""
+    base = min(sending.max_retry_s, sending.first_retry_s * 2 ** max(0, attempt - 1))
+    spread = (rng or random).uniform(-sending.jitter, sending.jitter)
+    return max(0.0, base * (1 + spread))
+
+
+def record_outcome(
+    engine: Engine,
+    delivery: ClaimedDelivery,
+    worker: str,
+    failure: FailureKind | None,
+    reason: str,
+    sending: SendingConfig,
+) -> DeliveryState:
+    """Move a claimed delivery to sent, back to pending with a later attempt, or failed.
+
+    Also keeps the destination's breaker: a success closes it, a transient failure
+    counts towards opening it.
+    """
+    now = utcnow()
+    if failure is None:
+        state, values = DeliveryState.SENT, {"sent_at": now, "failure": None, "last_error": None}
+    elif failure == FailureKind.PERMANENT:
+        state, values = DeliveryState.FAILED, {"failure": failure, "last_error": f"permanent: {reason}"}
+    elif delivery.attempts >= sending.max_attempts:
+        state, values = DeliveryState.FAILED, {
+            "failure": failure,
+            "last_error": f"gave up after {delivery.attempts} attempts: {reason}",
+        }
+    else:
+        delay = dt.timedelta(seconds=retry_delay_s(delivery.attempts, sending))
+        state, values = DeliveryState.PENDING, {"failure": failure, "last_error": reason, "next_attempt_at": now + delay}
+    with engine.begin() as connection:
+        connection.execute(
+            update(Delivery)
+            .where(Delivery.id == delivery.id, Delivery.claimed_by == worker)
+            .values(state=state, claimed_by=None, lease_expires_at=None, **values)
+        )
+        _update_health(connection, delivery.destination, failure, reason, sending, now)
+    return state
+
+
+def _update_health(connection, name: str, failure: FailureKind | None, reason: str,  # noqa: ANN001
+                   sending: SendingConfig, now: dt.datetime) -> None:
+    health = connection.execute(select(DestinationHealth).where(DestinationHealth.name == name)).first()
+    if health is None:
+        connection.execute(insert(DestinationHealth).values(name=name, consecutive_failures=0))
+        failures = 0
+    else:
+        failures = health.consecutive_failures
+    if failure != FailureKind.TRANSIENT:
+        connection.execute(
+            update(DestinationHealth)
+            .where(DestinationHealth.name == name)
+            .values(consecutive_failures=0, open_since=None, next_probe_at=None,
+                    last_error=None if failure is None else reason)
+        )
+        return
+    failures += 1
+    opening = failures >= sending.breaker_failures
+    connection.execute(
+        update(DestinationHealth)
+        .where(DestinationHealth.name == name)
+        .values(
+            consecutive_failures=failures,
+            last_error=reason,
+            **({"open_since": now, "next_probe_at": now + dt.timedelta(seconds=sending.probe_interval_s)}
+               if opening and (health is None or health.open_since is None) else {}),
+        )
+    )
+
+
+def destinations_to_probe(engine: Engine) -> list[str]:
+    """Destinations whose breaker is open and whose next probe is due."""
+    with engine.connect() as connection:
+        return list(
+            connection.scalars(
+                select(DestinationHealth.name).where(
+                    DestinationHealth.open_since.is_not(None), DestinationHealth.next_probe_at <= utcnow()
+                )
+            )
+        )
+
+
+def record_probe(engine: Engine, name: str, answered: bool, sending: SendingConfig) -> None:
+    """Close the breaker when the probe answered (waiting deliveries go at once), else probe later."""
+    now = utcnow()
+    with engine.begin() as connection:
+        if answered:
+            connection.execute(
+                update(DestinationHealth)
+                .where(DestinationHealth.name == name)
+                .values(open_since=None, next_probe_at=None, consecutive_failures=0)
+            )
+            connection.execute(
+                update(Delivery)
+                .where(Delivery.destination == name, Delivery.state == DeliveryState.PENDING)
+                .values(next_attempt_at=now)
+            )
+        else:
+            connection.execute(
+                update(DestinationHealth)
+                .where(DestinationHealth.name == name)
+                .values(next_probe_at=now + dt.timedelta(seconds=sending.probe_interval_s))
+            )
+
+
+def resend_study(engine: Engine, study_uid: str, destinations: Sequence[Destination]) -> int:
+    """Owe the newest finished job's objects of a study to every destination again.
+
+    The same objects (same SOP Instance UIDs) are sent; nothing is regenerated.
+    Returns the number of deliveries queued (0 when the study has no report yet).
+    """
+    with engine.connect() as connection:
+        job_pk = connection.scalar(
+            select(Job.id)
+            .join(Study, Study.id == Job.study_pk)
+            .join(ReportObject, ReportObject.job_pk == Job.id)
+            .where(Study.study_uid == study_uid, Job.state == JobState.DONE)
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
+    if job_pk is None:
+        return 0
+    return queue_deliveries(engine, job_pk, destinations)

@@ -1,0 +1,80 @@
+"""The dispatcher: sends due deliveries and probes paused destinations.
+
+Called on a timer by the scheduler; all state is in the database (``db/deliveries.py``),
+so a dispatcher can stop at any moment and another one carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from pacs_node.config import Settings
+from pacs_node.db import deliveries
+from pacs_node.db.models import FailureKind
+from pacs_node.send.echo import EchoError, c_echo
+from pacs_node.send.scu import SendOutcome, send_files
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Delivers report objects to the configured destinations."""
+
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.spool_root = Path(settings.storage.spool_dir)
+        self.worker = settings.node.name
+        self.destinations = {d.name: d for d in settings.destinations}
+
+    def run_once(self) -> int | None:
+        """Send one due delivery; returns its id, or ``None`` when nothing is due."""
+        claimed = deliveries.claim_delivery(self.engine, self.worker)
+        if claimed is None:
+            return None
+        outcome = self._send(claimed)
+        state = deliveries.record_outcome(
+            self.engine, claimed, self.worker, outcome.failure, outcome.reason, self.settings.sending
+        )
+        level = logging.INFO if outcome.failure is None else logging.WARNING
+        log.log(
+            level,
+            "event=delivery_%s delivery=%d job=%d destination=%s attempt=%d objects=%d reason=%r",
+            state.value, claimed.id, claimed.job_pk, claimed.destination, claimed.attempts, outcome.sent, outcome.reason,
+        )
+        return claimed.id
+
+    def _send(self, claimed: deliveries.ClaimedDelivery) -> SendOutcome:
+        destination = self.destinations.get(claimed.destination)
+        if destination is None:
+            return SendOutcome(0, FailureKind.PERMANENT, "destination is no longer configured")
+        objects = deliveries.objects_of(self.engine, claimed.job_pk, claimed.kinds)
+        if not objects:
+            return SendOutcome(0)  # this destination wants nothing the job produced
+        paths = [self.spool_root / row.path for row in objects]
+        missing = [path.name for path in paths if not path.exists()]
+        if missing:
+            return SendOutcome(0, FailureKind.PERMANENT, f"report files missing from the spool: {', '.join(missing)}")
+        try:
+            return send_files(destination, paths, self.settings.node.ae_title, self.settings.sending.timeout_s)
+        except (OSError, ValueError, RuntimeError) as exc:
+            return SendOutcome(0, FailureKind.TRANSIENT, f"{type(exc).__name__}: {exc}")
+
+    def probe(self) -> None:
+        """C-ECHO each paused destination whose probe is due; reopen those that answer."""
+        for name in deliveries.destinations_to_probe(self.engine):
+            destination = self.destinations.get(name)
+            if destination is None:
+                continue
+            try:
+                c_echo(destination.ae_title, destination.host, destination.port,
+                       calling_ae=self.settings.node.ae_title, timeout_s=self.settings.sending.timeout_s)
+                answered = True
+            except EchoError:
+                answered = False
+            deliveries.record_probe(self.engine, name, answered, self.settings.sending)
+            log.log(logging.INFO if answered else logging.WARNING,
+                    "event=destination_probe destination=%s answered=%s", name, answered)
