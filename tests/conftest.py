@@ -208,3 +208,14 @@ def node_factory(tmp_path: Path) -> Iterator:
 def _dcmtk_present() -> None:
     if shutil.which(STORESCU) is None:
         pytest.fail("DCMTK's storescu is missing; `make test` installs it (apt, as root)")
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator:
+    """A running Orthanc PACS on free loopback ports."""
+    from tests.orthanc import Orthanc
+
+    server = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port())
+    server.start()
+    yield server
+    server.stop()
