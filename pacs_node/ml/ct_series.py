@@ -54,6 +54,7 @@ def _base_dataset(identity: SeriesIdentity) -> Dataset:
     ds.PatientSex = "O"
     ds.BodyPartExamined = "CHEST"
     ds.KVP = "120"
+    ds.AcquisitionNumber = 1
     ds.StudyInstanceUID = identity.study_uid
     ds.SeriesInstanceUID = identity.series_uid
     ds.StudyID = "1"

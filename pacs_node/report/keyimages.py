@@ -1,0 +1,453 @@
+"""Secondary Capture key images: one per nodule, and one overview of all findings.
+
+For viewers that show no SR graphics (Weasis, most PACS thumbnails), the findings
+are burned into pictures, in the source's study and a new series:
+
+- per nodule, the CT slice nearest its centre (:func:`pacs_node.report.sr.locate`)
+  in a lung window (width 1500 HU, level -600 HU), on the CT's own pixel grid with
+  its Pixel Spacing, so a viewer's ruler still measures mm; the nodule is ringed and
+  labelled with its number, mean diameter, type and Lung-RADS category;
+- one overview page listing every finding ("no nodules detected" when none; the
+  reason when the series could not be analysed).
+
+Every image carries the AI statement and, for a model trained on synthetic data
+only, "NOT FOR DIAGNOSTIC USE" in its pixels, its Image Comments and its Derivation
+Description; Burned In Annotation is YES.
+
+Images are RGB (8 bits per sample).  A coloured ring and coloured text cannot be
+mistaken for anatomy, which a white ring on a greyscale CT can (it looks like a
+calcified rim), and RGB pixels are shown as stored: no VOI LUT of the viewer can
+wash out the annotation or change the lung window that was burned in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom import Dataset
+from pydicom.pixels import apply_modality_lut
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from pacs_node.analyze.findings import Finding, study_category
+from pacs_node.report.sr import (
+    NO_NODULES_DETECTED,
+    NOT_FOR_DIAGNOSTIC_USE,
+    AlgorithmInfo,
+    DeviceInfo,
+    ReportOutcome,
+    SlicePosition,
+    ai_statement,
+    circle_radius_px,
+    locate,
+    series_description,
+)
+
+#: Lung window, HU.
+LUNG_WINDOW_WIDTH = 1500.0
+LUNG_WINDOW_CENTER = -600.0
+
+#: (121322, DCM, "Source image for image processing operation")
+SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+
+RING = (255, 196, 0)
+TEXT = (255, 255, 255)
+WARNING = (255, 80, 80)
+BAND = (0, 0, 0)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+Lines = Sequence[tuple[str, tuple[int, int, int]]]
+
+OVERVIEW_WIDTH = 768
+OVERVIEW_MIN_HEIGHT = 512
+
+
+def lung_window(image: Dataset) -> np.ndarray:
+    """Render one CT slice in the lung window as 8-bit grey levels.
+
+    Stored values become HU through the Modality LUT (Rescale Slope/Intercept), then
+    the DICOM linear VOI function with width 1500 HU and centre -600 HU maps HU to
+    0..255.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``rows x columns`` uint8.
+    """
+    hu = np.asarray(apply_modality_lut(image.pixel_array, image), dtype=float)
+    width, center = LUNG_WINDOW_WIDTH, LUNG_WINDOW_CENTER
+    scaled = ((hu - (center - 0.5)) / (width - 1) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _font(size: int) -> Font:
+    """Pillow's bundled font at ``size`` pixels; no system font is needed."""
+    return ImageFont.load_default(size=size)
+
+
+def _wrap(text: str, font: Font, width: float) -> list[str]:
+    """Break ``text`` into lines no wider than ``width`` pixels (a long word stays whole)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}".strip()
+            if line and font.getlength(candidate) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = candidate
+        lines.append(line)
+    return lines
+
+
+def _fit_font(lines: Lines, width: float, size: int, smallest: int = 8) -> tuple[Font, int]:
+    """The largest font of at most ``size`` pixels (down to ``smallest``) whose lines fit ``width``.
+
+    Returns the font and its size in pixels.
+    """
+    font = _font(size)
+    while size > smallest and any(font.getlength(text) > width for text, _ in lines):
+        size -= 1
+        font = _font(size)
+    return font, size
+
+
+def _text_block(
+    draw: ImageDraw.ImageDraw,
+    lines: Lines,
+    font: Font,
+    *,
+    top: float,
+    width: int,
+    margin: int,
+    line_height: int,
+    band: bool,
+    wrap: bool,
+) -> float:
+    """Draw lines from ``top`` (pixels) on an optional black band; return the block's height.
+
+    With ``wrap`` long lines break at spaces; without, they are cut at the image edge.
+    """
+    if wrap:
+        lines = [(piece, colour) for text, colour in lines for piece in _wrap(text, font, width - 2 * margin)]
+    height = len(lines) * line_height + margin
+    if band:
+        draw.rectangle([0, top, width, top + height], fill=BAND)
+    y = top + margin / 2
+    for text, colour in lines:
+        draw.text((margin, y), text, fill=colour, font=font)
+        y += line_height
+    return height
+
+
+def _label(index: int, finding: Finding) -> str:
+    return (
+        f"Nodule {index}: {finding.diameter_mm:.1f} mm {finding.nodule_type.value}, Lung-RADS {finding.lung_rads.value}"
+    )
+
+
+def _disclaimer_lines(algorithm: AlgorithmInfo) -> list[tuple[str, tuple[int, int, int]]]:
+    lines = [(f"AI-generated ({algorithm.name} {algorithm.version}), not reviewed by a physician", TEXT)]
+    if algorithm.synthetic_data:
+        lines.append((NOT_FOR_DIAGNOSTIC_USE, WARNING))
+    return lines
+
+
+def render_nodule(position: SlicePosition, finding: Finding, index: int, algorithm: AlgorithmInfo) -> np.ndarray:
+    """The key image of one nodule: its slice in the lung window, ringed and labelled.
+
+    Parameters
+    ----------
+    position
+        The nodule's centre located in the series (slice, column, row).
+    finding
+        The nodule; the ring's radius is half its long axis plus a margin, so the ring
+        encloses the nodule without covering its edge.
+    index
+        The nodule's number, as in the SR ("Nodule <index>").
+    algorithm
+        For the burned-in statements.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``rows x columns x 3`` uint8 RGB, on the slice's pixel grid.
+    """
+    grey = lung_window(position.image)
+    rows, columns = grey.shape
+    picture = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2), mode="RGB")
+    draw = ImageDraw.Draw(picture)
+    scale = max(columns, rows) / 512
+    margin = max(2, round(6 * scale))
+    header = [(f"{_label(index, finding)} (AI score {finding.score:.2f})", RING)]
+    footer = _disclaimer_lines(algorithm)
+    # One line per statement, in a font that fits the width; on images too small for
+    # that (under about 300 pixels) lines are cut rather than wrapped over the anatomy.
+    font, size = _fit_font([*header, *footer], columns - 2 * margin, max(8, round(15 * scale)))
+    line_height = round(size * 1.3)
+    radius = circle_radius_px(position.image, finding.long_axis_mm / 2) + max(3.0, 4 * scale)
+    # Image coordinates have (0, 0) at the top-left pixel's corner; PIL's at its centre.
+    cx, cy = position.column - 0.5, position.row - 0.5
+    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=RING, width=max(1, round(2 * scale)))
+    number_at = (cx + radius * 0.75 + 2, cy - radius * 0.75 - line_height)
+    draw.text((number_at[0] + 1, number_at[1] + 1), str(index), fill=BAND, font=font)
+    draw.text(number_at, str(index), fill=RING, font=font)
+    footer_top = rows - len(footer) * line_height - margin
+    for lines, top in ((header, 0), (footer, footer_top)):
+        _text_block(
+            draw, lines, font, top=top, width=columns, margin=margin, line_height=line_height, band=True, wrap=False
+        )
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def render_overview(
+    source_image: Dataset,
+    findings: Sequence[Finding],
+    positions: Sequence[SlicePosition],
+    outcome: ReportOutcome,
+    algorithm: AlgorithmInfo,
+) -> np.ndarray:
+    """The overview page: every finding in one table, with the statements.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``height x 768 x 3`` uint8 RGB, at least 512 rows, more when the list is long.
+    """
+    width = OVERVIEW_WIDTH
+    font = _font(18)
+    title_font = _font(24)
+    line_height = 26
+    margin = 16
+    title = "AI lung nodule findings"
+    series = f"CT series {source_image.get('SeriesNumber', '')} {source_image.get('SeriesDescription', '')}".strip()
+    lines: list[tuple[str, tuple[int, int, int]]] = [(series, TEXT), ("", TEXT)]
+    if not outcome.is_analysed:
+        lines.append((f"Series not analysed: {outcome.reason}", WARNING))
+    elif not findings:
+        lines.append((NO_NODULES_DETECTED, TEXT))
+        lines.append(("Lung-RADS (AI, baseline table): 1", TEXT))
+    else:
+        lines.append(
+            (f"{len(findings)} nodule(s); Lung-RADS (AI, baseline table): {study_category(list(findings)).value}", TEXT)
+        )
+        for index, (finding, position) in enumerate(zip(findings, positions, strict=True), start=1):
+            where = f", {finding.lobe}" if finding.lobe else ""
+            lines.append(
+                (
+                    f"{_label(index, finding)}{where}; long/short axis {finding.long_axis_mm:.1f}/"
+                    f"{finding.short_axis_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3, "
+                    f"image {position.image.get('InstanceNumber', '?')}, AI score {finding.score:.2f}",
+                    RING,
+                )
+            )
+    lines.append(("", TEXT))
+    lines.extend(_disclaimer_lines(algorithm))
+    wrapped = sum(len(_wrap(text, font, width - 2 * margin)) for text, _ in lines)
+    height = max(OVERVIEW_MIN_HEIGHT, 2 * margin + 40 + wrapped * line_height)
+    picture = Image.new("RGB", (width, height), BAND)
+    draw = ImageDraw.Draw(picture)
+    draw.text((margin, margin), title, fill=TEXT, font=title_font)
+    _text_block(
+        draw, lines, font, top=margin + 40, width=width, margin=margin, line_height=line_height, band=False, wrap=True
+    )
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def _patient_orientation(image: Dataset) -> tuple[str, str]:
+    """Patient Orientation of an image's row and column directions, e.g. ("L", "P").
+
+    Each direction is named by its dominant LPS axis (oblique components dropped).
+    """
+    cosines = np.asarray([float(v) for v in image.ImageOrientationPatient]).reshape(2, 3)
+    letters = (("R", "L"), ("A", "P"), ("F", "H"))
+    names = []
+    for direction in cosines:
+        axis = int(np.argmax(np.abs(direction)))
+        names.append(letters[axis][int(direction[axis] > 0)])
+    return names[0], names[1]
+
+
+def _source_reference(image: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = image.SOPClassUID
+    item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(SOURCE_IMAGE_PURPOSE)]
+    return item
+
+
+def _secondary_capture(
+    reference: Dataset,
+    pixels: np.ndarray,
+    *,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    patient_orientation: tuple[str, str],
+    algorithm: AlgorithmInfo,
+    device: DeviceInfo,
+) -> hd.sc.SCImage:
+    """An 8-bit RGB SC image in ``reference``'s patient and study, made by our device."""
+    return hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference,
+        pixel_array=pixels,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=device.manufacturer,
+        patient_orientation=patient_orientation,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=series_description("nodule key images", algorithm),
+        manufacturer_model_name=device.model_name,
+        software_versions=device.software_version,
+        device_serial_number=device.device_serial,
+    )
+
+
+def _finish(
+    image: hd.sc.SCImage,
+    reference: Dataset,
+    sources: Sequence[Dataset],
+    derivation: str,
+    algorithm: AlgorithmInfo,
+    device: DeviceInfo,
+) -> hd.sc.SCImage:
+    """Attributes every key image carries.
+
+    Body Part Examined comes from the CT (``reference``); without it, Laterality
+    (type 2C) is present and empty, meaning unknown.
+    """
+    if reference.get("BodyPartExamined"):
+        image.BodyPartExamined = reference.BodyPartExamined
+    else:
+        image.add_new("Laterality", "CS", None)
+    image.BurnedInAnnotation = "YES"
+    image.RecognizableVisualFeatures = "NO"
+    image.LossyImageCompression = "00"
+    image.ConversionType = "WSD"
+    image.DerivationDescription = derivation[:1024]
+    statements = [ai_statement(algorithm, device)]
+    if algorithm.synthetic_data:
+        statements.append(NOT_FOR_DIAGNOSTIC_USE)
+    image.ImageComments = " ".join(statements)
+    if sources:
+        unique = {str(ds.SOPInstanceUID): ds for ds in sources}
+        image.SourceImageSequence = [_source_reference(ds) for ds in unique.values()]
+    return image
+
+
+def _derivation(what: str, algorithm: AlgorithmInfo) -> str:
+    text = f"{what}; findings of AI algorithm {algorithm.name} {algorithm.version} burned in."
+    if algorithm.synthetic_data:
+        text += f" {NOT_FOR_DIAGNOSTIC_USE}."
+    return text
+
+
+def build_key_images(
+    source: Sequence[Dataset],
+    findings: Sequence[Finding],
+    *,
+    outcome: ReportOutcome,
+    algorithm: AlgorithmInfo,
+    device: DeviceInfo,
+    series_instance_uid: str,
+    sop_instance_uids: Sequence[str],
+    series_number: int,
+) -> list[hd.sc.SCImage]:
+    """Build the key images of one analysed CT series.
+
+    Parameters
+    ----------
+    source
+        The CT slices of the series, any order (with pixel data).
+    findings
+        Nodules, numbered 1, 2, ... in this order as in the SR; centres in patient
+        coordinates (LPS, mm).  Empty without nodules or when not analysed.
+    outcome, algorithm, device
+        As for :func:`pacs_node.report.sr.build_report`.
+    series_instance_uid
+        The key image series, chosen once per analysis by the caller.
+    sop_instance_uids
+        One UID per image: the overview first, then one per finding in order
+        (``1 + len(findings)`` UIDs).
+    series_number
+        Series Number of the key images; Instance Numbers run 1 (overview), 2, ...
+
+    Returns
+    -------
+    list[highdicom.sc.SCImage]
+        The overview, then one image per nodule, in the source's study.
+
+    Raises
+    ------
+    ValueError
+        When the number of UIDs does not match, findings come with a not-analysable
+        outcome, or a finding lies outside the series.
+    """
+    if not source:
+        raise ValueError("source must hold the slices of the analysed series, got none")
+    if not outcome.is_analysed and findings:
+        raise ValueError(f"a series that was not analysed cannot have findings, got {len(findings)}")
+    if len(sop_instance_uids) != 1 + len(findings):
+        raise ValueError(
+            f"sop_instance_uids needs {1 + len(findings)} UIDs (overview + one per finding), "
+            f"got {len(sop_instance_uids)}"
+        )
+    positions = [locate(source, finding.center_lps_mm) for finding in findings]
+    reference = min(source, key=lambda ds: int(ds.get("InstanceNumber") or 0))
+    overview = _secondary_capture(
+        reference,
+        render_overview(reference, findings, positions, outcome, algorithm),
+        sop_instance_uid=sop_instance_uids[0],
+        instance_number=1,
+        patient_orientation=("L", "P"),  # placeholder, emptied below
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        algorithm=algorithm,
+        device=device,
+    )
+    # A text page has no anatomy: Patient Orientation (type 2) is present and empty.
+    overview.add_new("PatientOrientation", "CS", None)
+    images = [
+        _finish(
+            overview,
+            reference,
+            [position.image for position in positions],
+            _derivation("Text summary of the AI analysis of the CT series", algorithm),
+            algorithm,
+            device,
+        )
+    ]
+    for index, (finding, position, uid) in enumerate(
+        zip(findings, positions, sop_instance_uids[1:], strict=True), start=1
+    ):
+        slice_ = position.image
+        image = _secondary_capture(
+            slice_,
+            render_nodule(position, finding, index, algorithm),
+            sop_instance_uid=uid,
+            instance_number=index + 1,
+            patient_orientation=_patient_orientation(slice_),
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            algorithm=algorithm,
+            device=device,
+        )
+        # Same pixel grid as the CT: its Pixel Spacing, as written, keeps rulers in mm.
+        image.PixelSpacing = list(slice_.PixelSpacing)
+        derivation = _derivation(
+            f"CT image {slice_.get('InstanceNumber', '')} rendered in lung window "
+            f"W{LUNG_WINDOW_WIDTH:.0f}/L{LUNG_WINDOW_CENTER:.0f} on its own pixel grid; nodule {index} ringed",
+            algorithm,
+        )
+        images.append(_finish(image, slice_, [slice_], derivation, algorithm, device))
+    return images
