@@ -119,9 +119,15 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
         "worker": {"poll_interval_s": 0.3, "lease_s": 60},
         "logging": {"level": "INFO"},
     }
+    tables = {name: values for name, values in sections.items() if isinstance(values, list)}
     for name, values in sections.items():
-        defaults[name] = {**defaults.get(name, {}), **values}
+        if name not in tables:
+            defaults[name] = {**defaults.get(name, {}), **values}
     lines = []
+    for name, items in tables.items():
+        for item in items:
+            lines.append(f"[[{name}]]")
+            lines.extend(f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"' for k, v in item.items())
     for name, values in defaults.items():
         lines.append(f"[{name}]")
         for key, value in values.items():

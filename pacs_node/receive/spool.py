@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
 import os
 import re
 import secrets
@@ -18,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable
 from pathlib import Path
+
+from pydicom import Dataset
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -205,6 +208,22 @@ class Spool:
         if len(self._known_dirs) > 10_000:
             self._known_dirs.clear()
         self._known_dirs.add(folder)
+
+    def write_dataset(self, dataset: Dataset, relative_path: str) -> StoredFile:
+        """Write a DICOM object we made (a report) durably at ``relative_path``."""
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        partial = self.begin()
+        try:
+            partial.write(buffer.getbuffer())
+            return self.commit(partial, relative_path)
+        except BaseException:
+            partial.discard()
+            raise
+
+    def report_path(self, study_uid: str, sop_uid: str) -> str:
+        """Where an object we made lives, relative to the spool root; UIDs are validated."""
+        return "/".join(("reports", validate_uid(study_uid, "StudyInstanceUID"), validate_uid(sop_uid, "SOPInstanceUID") + ".dcm"))
 
     def path_of(self, relative_path: str) -> Path:
         """Absolute path of a stored file."""
