@@ -42,7 +42,8 @@ class Node:
         self.extra_receivers = ReceiverProcesses(settings, listener, counts) if node.receive_processes > 1 else None
         worker_settings = settings.worker
         self.worker = (
-            Worker(self.engine, node.name, runner, worker_settings.lease_s, worker_settings.max_attempts)
+            Worker(self.engine, node.name, runner, worker_settings.lease_s, worker_settings.max_attempts,
+                   settings.destinations)
             if worker_settings.enabled
             else None
         )

@@ -10,24 +10,44 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
 
+from pacs_node.config import Destination
 from pacs_node.db import queue
+from pacs_node.db.deliveries import ObjectRow
 from pacs_node.db.models import JobState, Study, StudyState
 
 log = logging.getLogger(__name__)
 
-#: Runs one job for a study and returns its result document.
-JobRunner = Callable[[Engine, int], dict]
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a job produced: its result document and the objects to deliver."""
+
+    result: dict
+    objects: Sequence[ObjectRow] = ()
+
+
+#: Runs one job (for its study) and says what it produced.
+JobRunner = Callable[[Engine, queue.ClaimedJob], JobOutcome]
 
 
 class Worker:
     """Claims and runs jobs for one node process."""
 
-    def __init__(self, engine: Engine, node_name: str, runner: JobRunner, lease_s: float, max_attempts: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        node_name: str,
+        runner: JobRunner,
+        lease_s: float,
+        max_attempts: int,
+        destinations: Sequence[Destination] = (),
+    ) -> None:
         self.engine = engine
+        self.destinations = destinations
         self.node_name = node_name
         self.runner = runner
         self.lease_s = lease_s
@@ -52,15 +72,16 @@ class Worker:
         renewer = _LeaseRenewer(self, job.id)
         renewer.start()
         try:
-            result = self.runner(self.engine, job.study_pk)
+            outcome = self.runner(self.engine, job)
         except Exception as exc:
             renewer.stop()
             log.exception("event=job_failed job=%d study=%d", job.id, job.study_pk)
             queue.finish_job(self.engine, job.id, self.node_name, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
             return job.id
         renewer.stop()
-        result = {**result, "seconds": round(time.monotonic() - started, 3)}
-        if queue.finish_job(self.engine, job.id, self.node_name, JobState.DONE, result=result):
+        result = {**outcome.result, "seconds": round(time.monotonic() - started, 3)}
+        if queue.finish_job(self.engine, job.id, self.node_name, JobState.DONE, result=result,
+                            objects=outcome.objects, destinations=self.destinations):
             log.info("event=job_done job=%d study=%d step=%s seconds=%.3f", job.id, job.study_pk, result.get("step"), result["seconds"])
         else:
             log.warning("event=job_lost job=%d study=%d reason=lease taken over", job.id, job.study_pk)

@@ -9,15 +9,18 @@ from __future__ import annotations
 from sqlalchemy import Engine, func, select
 
 from pacs_node.db.models import Instance, Series
+from pacs_node.db.queue import ClaimedJob
+from pacs_node.worker import JobOutcome
 
 STEP = "pass-through"
 
 
-def record_series_for_analysis(engine: Engine, study_pk: int) -> dict:
+def record_series_for_analysis(engine: Engine, job: ClaimedJob) -> JobOutcome:
     """The series an analysis would take (the CT series with most instances).
 
-    Returns a result document with ``analysis_performed: False``.
+    Returns a result document with ``analysis_performed: False`` and no objects.
     """
+    study_pk = job.study_pk
     with engine.connect() as connection:
         rows = connection.execute(
             select(Series.series_uid, Series.modality, func.count(Instance.id).label("instances"))
@@ -27,10 +30,10 @@ def record_series_for_analysis(engine: Engine, study_pk: int) -> dict:
         ).all()
     ct = [row for row in rows if row.modality == "CT"]
     chosen = max(ct, key=lambda row: row.instances, default=None)
-    return {
+    return JobOutcome({
         "step": STEP,
         "analysis_performed": False,
         "series_uid": chosen.series_uid if chosen else None,
         "instances": chosen.instances if chosen else 0,
         "reason": None if chosen else "no CT series in study",
-    }
+    })

@@ -12,7 +12,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, insert, or_, select, update
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
 
 from pacs_node.config import Destination, SendingConfig
 from pacs_node.db.models import (
@@ -43,15 +43,42 @@ class ClaimedDelivery:
     attempts: int
 
 
-def record_objects(engine: Engine, job_pk: int, objects: Sequence[tuple[ObjectKind, str, str, str]]) -> None:
-    """Store the (kind, SOP class, SOP instance UID, spool-relative path) a job produced."""
-    with engine.begin() as connection:
-        for kind, sop_class, sop_instance, path in objects:
-            connection.execute(
-                insert(ReportObject).values(
-                    job_pk=job_pk, kind=kind, sop_class_uid=sop_class, sop_instance_uid=sop_instance, path=path
-                )
+#: (kind, SOP Class UID, SOP Instance UID, spool-relative path) of an object a job produced.
+ObjectRow = tuple[ObjectKind, str, str, str]
+
+
+def insert_objects(connection: Connection, job_pk: int, objects: Sequence[ObjectRow]) -> None:
+    """Store a job's objects within the caller's transaction."""
+    for kind, sop_class, sop_instance, path in objects:
+        connection.execute(
+            insert(ReportObject).values(
+                job_pk=job_pk, kind=kind, sop_class_uid=str(sop_class), sop_instance_uid=str(sop_instance), path=path
             )
+        )
+
+
+def insert_deliveries(connection: Connection, job_pk: int, destinations: Sequence[Destination]) -> int:
+    """Owe a job's objects to every destination, each with its output profile, in the caller's transaction."""
+    now = utcnow()
+    for destination in destinations:
+        connection.execute(
+            insert(Delivery).values(
+                job_pk=job_pk,
+                destination=destination.name,
+                kinds=",".join(destination.objects),
+                state=DeliveryState.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+    return len(destinations)
+
+
+def record_objects(engine: Engine, job_pk: int, objects: Sequence[ObjectRow]) -> None:
+    """Store the objects a job produced."""
+    with engine.begin() as connection:
+        insert_objects(connection, job_pk, objects)
 
 
 def objects_of(engine: Engine, job_pk: int, kinds: Sequence[ObjectKind]) -> list[ReportObject]:
@@ -66,22 +93,10 @@ def objects_of(engine: Engine, job_pk: int, kinds: Sequence[ObjectKind]) -> list
 def queue_deliveries(engine: Engine, job_pk: int, destinations: Sequence[Destination]) -> int:
     """Owe a job's objects to every destination, each with its output profile."""
     with engine.begin() as connection:
-        for destination in destinations:
-            connection.execute(
-                insert(Delivery).values(
-                    job_pk=job_pk,
-                    destination=destination.name,
-                    kinds=",".join(destination.objects),
-                    state=DeliveryState.PENDING,
-                    attempts=0,
-                    next_attempt_at=utcnow(),
-                    created_at=utcnow(),
-                )
-            )
-    return len(destinations)
+        return insert_deliveries(connection, job_pk, destinations)
 
 
-def _open_destinations(connection) -> set[str]:  # noqa: ANN001 - SQLAlchemy Connection
+def _open_destinations(connection: Connection) -> set[str]:
     return set(connection.scalars(select(DestinationHealth.name).where(DestinationHealth.open_since.is_not(None))))
 
 
@@ -163,7 +178,7 @@ def record_outcome(
     return state
 
 
-def _update_health(connection, name: str, failure: FailureKind | None, reason: str,  # noqa: ANN001
+def _update_health(connection: Connection, name: str, failure: FailureKind | None, reason: str,  # noqa: ANN001
                    sending: SendingConfig, now: dt.datetime) -> None:
     health = connection.execute(select(DestinationHealth).where(DestinationHealth.name == name)).first()
     if health is None:

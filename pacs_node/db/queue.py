@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 
+from pacs_node.config import Destination
+from pacs_node.db.deliveries import ObjectRow, insert_deliveries, insert_objects
 from pacs_node.db.ingest import TOUCH_INTERVAL_S
 from pacs_node.db.models import Job, JobState, Study, StudyState, utcnow
 
@@ -117,10 +120,22 @@ def renew_lease(engine: Engine, job_id: int, worker: str, lease_s: float) -> boo
         )
 
 
-def finish_job(engine: Engine, job_id: int, worker: str, state: JobState, result: dict | None = None, error: str | None = None) -> bool:
-    """Record a job's outcome; ``False`` if this worker no longer held it."""
+def finish_job(
+    engine: Engine,
+    job_id: int,
+    worker: str,
+    state: JobState,
+    result: dict | None = None,
+    error: str | None = None,
+    objects: Sequence[ObjectRow] = (),
+    destinations: Sequence[Destination] = (),
+) -> bool:
+    """Record a job's outcome, its objects and their deliveries in one transaction.
+
+    Returns ``False`` (and records nothing) if this worker no longer held the job.
+    """
     with engine.begin() as connection:
-        return (
+        held = (
             connection.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
@@ -134,6 +149,10 @@ def finish_job(engine: Engine, job_id: int, worker: str, state: JobState, result
             ).rowcount
             == 1
         )
+        if held and objects:
+            insert_objects(connection, job_id, objects)
+            insert_deliveries(connection, job_id, destinations)
+        return held
 
 
 def requeue_abandoned(engine: Engine, worker: str | None = None) -> int:

@@ -3,7 +3,7 @@
 For viewers that show no SR graphics (Weasis, most PACS thumbnails), the findings
 are burned into pictures, in the source's study and a new series:
 
-- per nodule, the CT slice nearest its centre (:func:`pacs_node.report.sr.locate`)
+- per nodule, the CT slice nearest its centre (:func:`pacs_node.report.geometry.locate`)
   in a lung window (width 1500 HU, level -600 HU), on the CT's own pixel grid with
   its Pixel Spacing, so a viewer's ruler still measures mm; the nodule is ringed and
   labelled with its number, mean diameter, type and Lung-RADS category;
@@ -33,18 +33,16 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs_node.analyze.findings import Finding, study_category
-from pacs_node.report.sr import (
+from pacs_node.report.context import (
     NO_NODULES_DETECTED,
     NOT_FOR_DIAGNOSTIC_USE,
     AlgorithmInfo,
     DeviceInfo,
     ReportOutcome,
-    SlicePosition,
     ai_statement,
-    circle_radius_px,
-    locate,
     series_description,
 )
+from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
 
 #: Lung window, HU.
 LUNG_WINDOW_WIDTH = 1500.0

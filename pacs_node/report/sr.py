@@ -32,377 +32,67 @@ reference; SCOORD graphic data are image coordinates (column, row) in pixels, wi
 (0, 0) at the top-left corner of the top-left pixel (so a pixel's centre is at +0.5).
 Mapping goes through :mod:`highdicom.spatial`.
 
-Coding choices
---------------
-Standard codes (DCM, SCT, UCUM, LN) where one fits: Nodule (27925004, SCT), finding
-site Lung (39607008, SCT) or the lobe with its laterality, Long axis (103339001, SCT),
-Short axis (103340004, SCT), Diameter (81827009, SCT) = Lung-RADS mean diameter,
-Volume (118565006, SCT, mm3), Mean Attenuation Coefficient (112181, DCM, [hnsf'U]),
-Border shape (112015, DCM) = Spiculated (112136, DCM), CAD Processing and Findings
-Summary (111017, DCM) with CID 6047 values, Absent (272519000, SCT).
-
-The detection score is a detector confidence, not a probability of malignancy, so it
-is not (111047, DCM, "Probability of cancer"); it is stored as (111012, DCM,
-"Certainty of Finding") in percent (0-100, UCUM "%"), the concept and unit CAD SR
-templates use for how certain the algorithm is that the detected finding is real.
-It is an uncalibrated model score.
-
-No standard codes exist for Lung-RADS categories, and no SNOMED CT codes for the four
-nodule attenuation types could be verified, so both use the private coding scheme
-``99PACSNODE`` (declared in the CodingSchemeIdentificationSequence):
-
-========== ========================================================
-code       meaning
-========== ========================================================
-LUNGRADS   Lung-RADS v2022 category (concept name)
-LR-1 ...   Lung-RADS 1 - Negative, 2, 3, 4A, 4B, 4X (values)
-NODTYPE    Nodule attenuation type (concept name)
-SOLID      Solid; PARTSOLID Part-solid; GGN Ground-glass; CALCIFIED Calcified
-SOLIDCORE  Solid component mean diameter (mm, part-solid nodules)
-NOTANALYSED Reason the series was not analysed (TEXT)
-========== ========================================================
+Coded concepts (and why the private scheme ``99PACSNODE``) are in
+:mod:`pacs_node.report.codes`; the nearest-slice geometry in
+:mod:`pacs_node.report.geometry`; reading a report back in :mod:`pacs_node.report.read`.
 """
 
 from __future__ import annotations
 
-import enum
-import math
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import highdicom as hd
 import numpy as np
-from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pacs_node.analyze.findings import Finding, LungRads, NoduleType, study_category
-
-# -- codes -----------------------------------------------------------------------------
-
-PRIVATE_SCHEME = "99PACSNODE"
-PRIVATE_CODING_SCHEME = CodingSchemeIdentificationItem(
-    designator=PRIVATE_SCHEME,
-    name="pacs-node private codes",
-    version="1",
-    responsible_organization="pacs-node project",
+from pacs_node.analyze.findings import Finding, study_category
+from pacs_node.report.codes import (
+    ABSENT,
+    BORDER_SHAPE,
+    CAD_SUMMARY,
+    CERTAINTY_OF_FINDING,
+    COMMENT,
+    CT_CHEST,
+    DIAMETER,
+    ENGLISH,
+    HU,
+    LONG_AXIS,
+    LUNG_RADS_CATEGORY,
+    LUNG_RADS_CODES,
+    MEAN_ATTENUATION,
+    MM,
+    MM3,
+    NODULE,
+    NODULE_TYPE,
+    NODULE_TYPE_CODES,
+    NOT_ANALYSED_REASON,
+    PERCENT,
+    PRIVATE_CODING_SCHEME,
+    QUALITATIVE_EVALUATIONS,
+    SHORT_AXIS,
+    SOLID_CORE,
+    SPICULATED,
+    VOLUME,
+    lobe_key,
+    lobe_site,
 )
-
-LUNG_RADS_CATEGORY = Code("LUNGRADS", PRIVATE_SCHEME, "Lung-RADS v2022 category")
-LUNG_RADS_CODES: dict[LungRads, Code] = {
-    category: Code(f"LR-{category.value}", PRIVATE_SCHEME, f"Lung-RADS {category.value} - {category.meaning}")
-    for category in LungRads
-}
-NODULE_TYPE = Code("NODTYPE", PRIVATE_SCHEME, "Nodule attenuation type")
-NODULE_TYPE_CODES: dict[NoduleType, Code] = {
-    NoduleType.SOLID: Code("SOLID", PRIVATE_SCHEME, "Solid"),
-    NoduleType.PART_SOLID: Code("PARTSOLID", PRIVATE_SCHEME, "Part-solid"),
-    NoduleType.GROUND_GLASS: Code("GGN", PRIVATE_SCHEME, "Ground-glass"),
-    NoduleType.CALCIFIED: Code("CALCIFIED", PRIVATE_SCHEME, "Calcified"),
-}
-SOLID_CORE = Code("SOLIDCORE", PRIVATE_SCHEME, "Solid component mean diameter")
-NOT_ANALYSED_REASON = Code("NOTANALYSED", PRIVATE_SCHEME, "Reason the series was not analysed")
-
-NODULE: Code = codes.SCT.Nodule
-LUNG: Code = codes.SCT.Lung
-LONG_AXIS: Code = codes.SCT.LongAxis
-SHORT_AXIS: Code = codes.SCT.ShortAxis
-DIAMETER: Code = codes.SCT.Diameter
-VOLUME: Code = codes.SCT.Volume
-MEAN_ATTENUATION: Code = codes.DCM.MeanAttenuationCoefficient
-CERTAINTY_OF_FINDING: Code = codes.DCM.CertaintyOfFinding
-BORDER_SHAPE: Code = codes.DCM.BorderShape
-SPICULATED: Code = codes.DCM.Spiculated
-ABSENT: Code = codes.SCT.Absent
-COMMENT: Code = codes.DCM.Comment
-CAD_SUMMARY: Code = codes.DCM.CADProcessingAndFindingsSummary
-QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
-ENGLISH = hd.sr.CodedConcept(value="en-US", scheme_designator="RFC5646", meaning="English (United States)")
-CT_CHEST = Code("24627-2", "LN", "CT Chest")
-
-MM: Code = codes.UCUM.Millimeter
-MM3: Code = codes.UCUM.CubicMillimeter
-HU: Code = codes.UCUM.HounsfieldUnit
-PERCENT: Code = codes.UCUM.Percent
-
-_RIGHT: Code = codes.SCT.Right
-_LEFT: Code = codes.SCT.Left
-#: Lobe codes (SCT) with their laterality, keyed by the usual abbreviation.
-LOBES: dict[str, tuple[Code, Code]] = {
-    "RUL": (Code("42400003", "SCT", "Upper lobe of right lung"), _RIGHT),
-    "RML": (Code("72481006", "SCT", "Middle lobe of right lung"), _RIGHT),
-    "RLL": (Code("266005", "SCT", "Lower lobe of right lung"), _RIGHT),
-    "LUL": (Code("44714003", "SCT", "Upper lobe of left lung"), _LEFT),
-    "LLL": (Code("41224006", "SCT", "Lower lobe of left lung"), _LEFT),
-}
-
-# -- statements ------------------------------------------------------------------------
-
-NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE - model trained on synthetic data only"
-NO_NODULES_DETECTED = "No lung nodules detected."
-LUNG_RADS_NOTE = (
-    "Lung-RADS v2022 categories are computed from the AI measurements with the baseline "
-    "screening table; no comparison with prior examinations was made."
+from pacs_node.report.context import (
+    LUNG_RADS_NOTE,
+    NO_NODULES_DETECTED,
+    NOT_FOR_DIAGNOSTIC_USE,
+    AlgorithmInfo,
+    DeviceInfo,
+    ReportOutcome,
+    ai_statement,
+    series_description,
 )
+from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
+from pacs_node.report.read import read_findings, read_study_summary
 
-
-class OutcomeStatus(enum.StrEnum):
-    """Whether a series was analysed."""
-
-    ANALYSED = "analysed"
-    NOT_ANALYSABLE = "not_analysable"
-
-
-@dataclass(frozen=True)
-class ReportOutcome:
-    """What became of the analysis of one series.
-
-    Attributes
-    ----------
-    status
-        Analysed, or not analysable.
-    reason
-        Why the series could not be analysed (required then, e.g. "slice spacing
-        5.0 mm > 3.0 mm"); must be empty for an analysed series.
-    """
-
-    status: OutcomeStatus
-    reason: str | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "status", OutcomeStatus(self.status))
-        if self.status is OutcomeStatus.NOT_ANALYSABLE and not (self.reason or "").strip():
-            raise ValueError("reason is required when status is not_analysable")
-        if self.status is OutcomeStatus.ANALYSED and self.reason:
-            raise ValueError(f"reason must be empty when status is analysed, got {self.reason!r}")
-
-    @classmethod
-    def analysed(cls) -> ReportOutcome:
-        return cls(OutcomeStatus.ANALYSED)
-
-    @classmethod
-    def not_analysable(cls, reason: str) -> ReportOutcome:
-        return cls(OutcomeStatus.NOT_ANALYSABLE, reason)
-
-    @property
-    def is_analysed(self) -> bool:
-        return self.status is OutcomeStatus.ANALYSED
-
-
-def _check_lo(argument: str, value: str) -> None:
-    """DICOM LO: non-empty here, at most 64 characters, no backslash or control characters."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{argument} must be a non-empty string, got {value!r}")
-    if len(value) > 64 or "\\" in value or any(ord(c) < 32 for c in value):
-        raise ValueError(f"{argument} must fit DICOM LO (<= 64 characters, no backslash), got {value!r}")
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """The detection algorithm, as TID 4019 Algorithm Identification names it.
-
-    Attributes
-    ----------
-    name, version
-        Algorithm name and version.
-    synthetic_data
-        True when the model was trained on synthetic data only: every object then
-        says it is not for diagnostic use.
-    """
-
-    name: str
-    version: str
-    synthetic_data: bool
-
-    def __post_init__(self) -> None:
-        _check_lo("name", self.name)
-        _check_lo("version", self.version)
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """This node, as the observer device and the equipment that made the objects.
-
-    Attributes
-    ----------
-    manufacturer, model_name, software_version, device_serial
-        Written to the General Equipment module and the SR observer context.
-    """
-
-    manufacturer: str
-    model_name: str
-    software_version: str
-    device_serial: str
-
-    def __post_init__(self) -> None:
-        for argument in ("manufacturer", "model_name", "software_version", "device_serial"):
-            _check_lo(argument, getattr(self, argument))
-
-    @property
-    def uid(self) -> str:
-        """Device Observer UID: the same for the same device across runs and versions.
-
-        A 2.25 UID of a name-based UUID (RFC 4122 version 5) of manufacturer, model
-        name and serial number.
-        """
-        name = "\x1f".join(("pacs-node device", self.manufacturer, self.model_name, self.device_serial))
-        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
-
-
-def ai_statement(algorithm: AlgorithmInfo, device: DeviceInfo) -> str:
-    """The sentence every object carries: it is AI output, by what, unverified."""
-    return (
-        f"AI-generated result: produced automatically by {algorithm.name} {algorithm.version} "
-        f"on {device.model_name} {device.software_version} ({device.manufacturer}); "
-        "not reviewed by a physician."
-    )
-
-
-def series_description(kind: str, algorithm: AlgorithmInfo) -> str:
-    """A series description (<= 64 characters) that says AI and, if so, not for diagnosis."""
-    suffix = " (not for diagnostic use)" if algorithm.synthetic_data else " (unverified)"
-    return f"AI {kind}{suffix}"[:64]
-
-
-# -- geometry --------------------------------------------------------------------------
-
-
-def image_coordinates(image: Dataset, points_lps_mm: np.ndarray) -> np.ndarray:
-    """Map patient points into one image's pixel matrix.
-
-    Parameters
-    ----------
-    image
-        A single-frame image with Image Position/Orientation (Patient) and Pixel Spacing.
-    points_lps_mm
-        ``N x 3`` patient coordinates (LPS, mm).
-
-    Returns
-    -------
-    numpy.ndarray
-        ``N x 3``: column and row in image coordinates (pixels; the top-left corner of
-        the top-left pixel is (0, 0), so pixel centres are at +0.5, as SCOORD uses them),
-        and the signed distance from the image plane along its normal, mm.
-    """
-    transformer = hd.spatial.ReferenceToImageTransformer(
-        image_position=[float(v) for v in image.ImagePositionPatient],
-        image_orientation=[float(v) for v in image.ImageOrientationPatient],
-        pixel_spacing=[float(v) for v in image.PixelSpacing],
-    )
-    return transformer(np.atleast_2d(np.asarray(points_lps_mm, dtype=float)))
-
-
-def patient_coordinates(image: Dataset, image_points: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`image_coordinates` for points in the image plane.
-
-    Parameters
-    ----------
-    image
-        The image the (column, row) points refer to.
-    image_points
-        ``N x 2`` image coordinates (column, row), pixels.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``N x 3`` patient coordinates (LPS, mm).
-    """
-    transformer = hd.spatial.ImageToReferenceTransformer(
-        image_position=[float(v) for v in image.ImagePositionPatient],
-        image_orientation=[float(v) for v in image.ImageOrientationPatient],
-        pixel_spacing=[float(v) for v in image.PixelSpacing],
-    )
-    return transformer(np.atleast_2d(np.asarray(image_points, dtype=float)))
-
-
-@dataclass(frozen=True)
-class SlicePosition:
-    """Where a patient point falls in a series: its nearest slice and its place there.
-
-    Attributes
-    ----------
-    image
-        The slice whose plane is nearest to the point.
-    column, row
-        Image coordinates of the point projected onto that slice (pixels, SCOORD
-        convention).
-    distance_mm
-        Signed distance of the point from the slice plane along its normal, mm.
-    """
-
-    image: Dataset
-    column: float
-    row: float
-    distance_mm: float
-
-
-def locate(source: Sequence[Dataset], point_lps_mm: Sequence[float]) -> SlicePosition:
-    """Find the slice of ``source`` nearest to a patient point (LPS, mm).
-
-    Raises
-    ------
-    ValueError
-        When the point lies more than half a slice gap outside the stack of slices, or
-        outside the image in-plane: the finding and the series do not belong together.
-    """
-    if not source:
-        raise ValueError("source must hold at least one image")
-    point = np.asarray(point_lps_mm, dtype=float).reshape(1, 3)
-    placed = [(image, image_coordinates(image, point)[0]) for image in source]
-    offsets = np.sort([coords[2] for _, coords in placed])
-    gaps = np.diff(offsets)
-    gaps = gaps[gaps > 1e-3]
-    if gaps.size:
-        half_gap = float(np.median(gaps)) / 2
-    else:
-        half_gap = float(source[0].get("SliceThickness") or 1.0) / 2
-    image, (column, row, distance) = min(placed, key=lambda item: abs(item[1][2]))
-    if abs(distance) > half_gap + 1e-3:
-        raise ValueError(
-            f"point {tuple(point[0])} lies {abs(distance):.1f} mm from the nearest slice "
-            f"(slice gap {2 * half_gap:.2f} mm): outside the series"
-        )
-    if not (0 <= column <= int(image.Columns) and 0 <= row <= int(image.Rows)):
-        raise ValueError(f"point {tuple(point[0])} maps to column {column:.1f}, row {row:.1f}: outside the image")
-    return SlicePosition(image=image, column=float(column), row=float(row), distance_mm=float(distance))
-
-
-def circle_radius_px(image: Dataset, radius_mm: float) -> float:
-    """A radius in mm as pixels along the image rows (Pixel Spacing's column spacing)."""
-    return radius_mm / float(image.PixelSpacing[1])
-
-
-def lobe_site(lobe: str | None) -> hd.sr.FindingSite:
-    """The finding site of a nodule: lung, or its lobe with laterality.
-
-    Parameters
-    ----------
-    lobe
-        None, or a lobe as "RUL", "RML", "RLL", "LUL", "LLL" or spelled out
-        ("right upper lobe", "left_lower", ...), case-insensitive.
-    """
-    if lobe is None:
-        return hd.sr.FindingSite(anatomic_location=LUNG)
-    key = _lobe_key(lobe)
-    location, laterality = LOBES[key]
-    return hd.sr.FindingSite(anatomic_location=location, laterality=laterality)
-
-
-def _lobe_key(lobe: str) -> str:
-    words = lobe.lower().replace("_", " ").replace("-", " ").split()
-    words = [w for w in words if w not in ("lobe", "lung", "of", "the")]
-    if len(words) == 1 and words[0].upper() in LOBES:
-        return words[0].upper()
-    side = {"right": "R", "left": "L"}.get(words[0], "") if words else ""
-    level = {"upper": "U", "middle": "M", "lower": "L"}.get(words[1], "") if len(words) == 2 else ""
-    key = f"{side}{level}L"
-    if key not in LOBES:
-        raise ValueError(f"unknown lobe {lobe!r}: use one of {', '.join(LOBES)}")
-    return key
-
+# Re-exported: callers import the report's inputs and its readers with build_report.
+__all__ = ["AlgorithmInfo", "DeviceInfo", "ReportOutcome", "build_report", "read_findings", "read_study_summary"]
 
 # -- building --------------------------------------------------------------------------
 
@@ -599,7 +289,7 @@ def _check_findings(findings: Sequence[Finding], outcome: ReportOutcome, source:
             raise ValueError(f"source slices must share one FrameOfReferenceUID, got {sorted(frames)}")
         for finding in findings:
             if finding.lobe is not None:
-                _lobe_key(finding.lobe)
+                lobe_key(finding.lobe)
 
 
 def build_report(
@@ -672,150 +362,3 @@ def build_report(
         "AI-generated, unverified; NOT FOR DIAGNOSTIC USE" if algorithm.synthetic_data else "AI-generated, unverified"
     )
     return report
-
-
-# -- reading ---------------------------------------------------------------------------
-
-_NODULE_TYPES = {code.value: kind for kind, code in NODULE_TYPE_CODES.items()}
-_LUNG_RADS = {code.value: category for category, code in LUNG_RADS_CODES.items()}
-
-
-_Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-
-
-def _measurement(group: _Group, name: Code) -> float | None:
-    found = group.get_measurements(name=name)
-    return float(found[0].value) if found else None
-
-
-def _evaluation(group: _Group, name: Code) -> hd.sr.CodedConcept | None:
-    found = group.get_qualitative_evaluations(name=name)
-    value = found[0].value if found else None
-    return value if isinstance(value, hd.sr.CodedConcept) else None
-
-
-def _is_code(value: hd.sr.CodedConcept | None, code: Code) -> bool:
-    return value is not None and value == code
-
-
-def _as_report(sr_dataset: Dataset) -> hd.sr.MeasurementReport:
-    document = hd.sr.Comprehensive3DSR.from_dataset(sr_dataset, copy=True)
-    content = document.content
-    if not isinstance(content, hd.sr.MeasurementReport):
-        raise ValueError("not a TID 1500 Measurement Report")
-    return content
-
-
-def read_findings(sr_dataset: Dataset) -> list[dict[str, Any]]:
-    """Read the nodules of a report made by :func:`build_report`.
-
-    Parameters
-    ----------
-    sr_dataset
-        The SR (as built or as read from a file).
-
-    Returns
-    -------
-    list[dict]
-        One dict per nodule, in report order, with keys ``tracking_id`` ("Nodule 1"),
-        ``tracking_uid``, ``center_lps_mm`` (x, y, z; LPS mm), ``long_axis_mm``,
-        ``short_axis_mm``, ``diameter_mm``, ``solid_core_mm`` (or None),
-        ``volume_mm3``, ``mean_hu``, ``score`` (0-1), ``nodule_type``
-        (:class:`NoduleType` value, e.g. "solid"), ``lung_rads`` ("1" ... "4X"),
-        ``spiculated``, ``finding_site`` (code meaning), ``laterality`` (meaning or
-        None), and ``circle``: ``{"sop_instance_uid", "center_col_row", "radius_px"}``
-        in image coordinates of the referenced slice.
-    """
-    report = _as_report(sr_dataset)
-    volumetric = {str(g.tracking_uid): g for g in report.get_volumetric_roi_measurement_groups()}
-    nodules = []
-    for group in report.get_planar_roi_measurement_groups():
-        uid = str(group.tracking_uid)
-        region = group.roi
-        if not isinstance(region, hd.sr.ImageRegion):
-            raise ValueError(f"measurement group {uid} has no image region (SCOORD)")
-        data = np.asarray(region.value, dtype=float)
-        nodule_type = _evaluation(group, NODULE_TYPE)
-        category = _evaluation(group, LUNG_RADS_CATEGORY)
-        certainty = _measurement(group, CERTAINTY_OF_FINDING)
-        site = group.finding_sites[0] if group.finding_sites else None
-        volume_group = volumetric.get(uid)
-        center = None
-        volume = mean_hu = None
-        if volume_group is not None:
-            surface = volume_group.roi
-            if isinstance(surface, hd.sr.VolumeSurface):
-                points = np.asarray(surface.graphic_data, dtype=float).reshape(-1, 3)
-                center = (float(points[0, 0]), float(points[0, 1]), float(points[0, 2]))
-            volume = _measurement(volume_group, VOLUME)
-            mean_hu = _measurement(volume_group, MEAN_ATTENUATION)
-        nodules.append(
-            {
-                "tracking_id": group.tracking_identifier,
-                "tracking_uid": uid,
-                "center_lps_mm": center,
-                "long_axis_mm": _measurement(group, LONG_AXIS),
-                "short_axis_mm": _measurement(group, SHORT_AXIS),
-                "diameter_mm": _measurement(group, DIAMETER),
-                "solid_core_mm": _measurement(group, SOLID_CORE),
-                "volume_mm3": volume,
-                "mean_hu": mean_hu,
-                "score": None if certainty is None else certainty / 100,
-                "nodule_type": None if nodule_type is None else _NODULE_TYPES[nodule_type.value].value,
-                "lung_rads": None if category is None else _LUNG_RADS[category.value].value,
-                "spiculated": _is_code(_evaluation(group, BORDER_SHAPE), SPICULATED),
-                "finding_site": None if site is None else site.value.meaning,
-                "laterality": None if site is None or site.laterality is None else site.laterality.meaning,
-                "circle": {
-                    "sop_instance_uid": str(
-                        region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-                    ),
-                    "center_col_row": (float(data[0, 0]), float(data[0, 1])),
-                    "radius_px": float(math.dist(data[0], data[1])),
-                },
-            }
-        )
-    return nodules
-
-
-def read_study_summary(sr_dataset: Dataset) -> dict[str, Any]:
-    """Read the report-level statements of a report made by :func:`build_report`.
-
-    Returns
-    -------
-    dict
-        ``outcome`` ("analysed" or "not_analysable"), ``reason`` (or None),
-        ``nodules_detected`` (bool), ``lung_rads`` (study category, or None when not
-        analysed), ``comments`` (the TEXT comments, in order).
-    """
-    report = _as_report(sr_dataset)
-    root = report[0]
-    containers = [item for item in root.ContentSequence if _concept(item) == QUALITATIVE_EVALUATIONS]
-    summary: dict[str, Any] = {
-        "outcome": OutcomeStatus.ANALYSED.value,
-        "reason": None,
-        "nodules_detected": False,
-        "lung_rads": None,
-        "comments": [],
-    }
-    for item in containers[0].ContentSequence if containers else []:
-        name = _concept(item)
-        if item.ValueType == "CODE":
-            value = item.ConceptCodeSequence[0]
-            if name == CAD_SUMMARY:
-                if value.CodeValue == codes.cid6047.NoAlgorithmsSucceededWithoutFindings.value:
-                    summary["outcome"] = OutcomeStatus.NOT_ANALYSABLE.value
-                summary["nodules_detected"] = value.CodeValue == codes.cid6047.AllAlgorithmsSucceededWithFindings.value
-            elif name == LUNG_RADS_CATEGORY:
-                summary["lung_rads"] = _LUNG_RADS[value.CodeValue].value
-        elif item.ValueType == "TEXT":
-            if name == NOT_ANALYSED_REASON:
-                summary["reason"] = item.TextValue
-            elif name == COMMENT:
-                summary["comments"].append(item.TextValue)
-    return summary
-
-
-def _concept(item: Dataset) -> Code:
-    concept = item.ConceptNameCodeSequence[0]
-    return Code(concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning)

@@ -1,0 +1,176 @@
+"""Lung mask of a chest CT on a coarse grid (a few mm), fast enough to run on every study.
+
+The rules are plain HU rules that hold on any scanner: air and lung are below
+-400 HU, everything the body is made of is above; air that touches the border of an
+axial slice is outside the patient (this also drops padding outside the
+reconstruction circle, gas under the table and an open field of view); of what is
+left, the big connected volumes are the lungs.  A closing with a ball of
+:attr:`LungMaskParams.closing_mm` brings back what the threshold cut out of the lungs
+(vessels, juxtapleural and juxtavascular nodules up to that radius), then holes are
+filled and the mask is dilated by a margin so that nodules on the pleura lie inside.
+
+Coordinates: masks are :class:`~pacs_node.ml.canonical.Grid` objects indexed
+``[z, y, x]`` along S, P, L with their affine to patient LPS (mm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+import numpy as np
+from scipy import ndimage as ndi
+
+from pacs_node.analyze.volume import NotAnalysable
+from pacs_node.ml.canonical import AIR_HU, Grid
+
+
+class NoLungsFound(NotAnalysable):
+    """The volume holds no air-filled lung large enough to analyse."""
+
+
+@dataclass(frozen=True)
+class LungMaskParams:
+    """Parameters of :func:`lung_mask` (lengths in mm, volumes in mL, HU).
+
+    Attributes
+    ----------
+    grid_mm
+        Target voxel size of the coarse grid the mask is computed on.
+    air_threshold_hu
+        Voxels below this (after light smoothing) are air or lung.
+    min_lung_ml
+        Components smaller than this are not lung.
+    min_fraction
+        Components smaller than this fraction of the largest are not lung.
+    closing_mm
+        Radius of the closing ball: concavities of the lung surface narrower than
+        this (juxtapleural nodules up to about twice this diameter) are filled.
+    margin_mm
+        Dilation of the closed mask that makes the search region.
+    """
+
+    grid_mm: float = 3.0
+    air_threshold_hu: float = -400.0
+    min_lung_ml: float = 40.0
+    min_fraction: float = 0.08
+    closing_mm: float = 16.0
+    margin_mm: float = 4.0
+
+
+@dataclass(frozen=True, eq=False)
+class LungMask:
+    """Lung masks of one study on a coarse grid.
+
+    Attributes
+    ----------
+    air
+        Lung air as thresholded (inside the lungs, below the air threshold).
+    filled
+        ``air`` closed and hole-filled: the lungs with their vessels and nodules.
+    region
+        ``filled`` dilated by the margin: where nodule centres are searched for.
+    lung_ml
+        Volume of ``filled`` (mL).
+    parenchyma_hu
+        Median HU of ``air`` voxels (the lung parenchyma of this study).
+    """
+
+    air: Grid
+    filled: Grid
+    region: Grid
+    lung_ml: float
+    parenchyma_hu: float
+
+    def bounding_box_lps(self, margin_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """LPS corners (mm) of the axis-aligned box around :attr:`region`, grown by a margin."""
+        idx = np.argwhere(self.region.array)
+        lo, hi = idx.min(axis=0) - 0.5, idx.max(axis=0) + 0.5
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])])
+        world = self.region.index_to_world(corners)
+        return world.min(axis=0) - margin_mm, world.max(axis=0) + margin_mm
+
+
+def _coarse(volume: hd.Volume, grid_mm: float) -> Grid:
+    """Strided sample of a canonical volume at about ``grid_mm`` per voxel, lightly smoothed."""
+    spacing = np.linalg.norm(volume.affine[:3, :3], axis=0)
+    step = np.maximum(1, np.rint(grid_mm / spacing).astype(int))
+    arr = np.asarray(volume.array[:: step[0], :: step[1], :: step[2]], dtype=np.float32)
+    np.maximum(arr, np.float32(AIR_HU), out=arr)
+    arr = ndi.gaussian_filter(arr, 0.7, truncate=2.0)
+    affine = np.array(volume.affine, dtype=np.float64)
+    affine[:3, :3] = affine[:3, :3] * step[None, :]
+    return Grid(arr, affine)
+
+
+def _close(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """Morphological closing with a ball (mm), via distance transforms, on a padded copy."""
+    pad = int(np.ceil(radius_mm / spacing.min())) + 1
+    padded = np.pad(mask, pad)
+    outside = ndi.distance_transform_edt(~padded, sampling=spacing) > radius_mm
+    # dilation = ~outside; erosion of it keeps voxels farther than r from `outside`
+    closed = ndi.distance_transform_edt(~outside, sampling=spacing) > radius_mm
+    return closed[pad:-pad, pad:-pad, pad:-pad]
+
+
+def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+    if radius_mm <= 0:
+        return mask.copy()
+    return ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+
+
+def lung_mask(volume: hd.Volume, params: LungMaskParams | None = None) -> LungMask:
+    """Segment the lungs of a canonical CT volume (see :func:`~pacs_node.ml.canonical.orient`).
+
+    Parameters
+    ----------
+    volume
+        HU volume whose axes run along S, P, L.
+    params
+        Thresholds and sizes; defaults suit adult chest CT.
+
+    Returns
+    -------
+    LungMask
+        Masks on a grid of about ``params.grid_mm`` per voxel.
+
+    Raises
+    ------
+    NoLungsFound
+        If no air-filled component of at least ``params.min_lung_ml`` is inside the body.
+    """
+    p = params or LungMaskParams()
+    coarse = _coarse(volume, p.grid_mm)
+    spacing = coarse.spacing_mm
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    air = coarse.array < p.air_threshold_hu
+    # outside air: per axial slice, the air components that touch the slice border
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndi.generate_binary_structure(2, 1)
+    labels, _ = ndi.label(air, structure=in_plane)
+    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+    inside = air & ~np.isin(labels, border[border > 0])
+    del labels
+    labels, n = ndi.label(inside)
+    if n == 0:
+        raise NoLungsFound("no air-filled region inside the body (not a chest CT?)")
+    sizes = np.bincount(labels.ravel())[1:] * voxel_ml
+    order = np.argsort(sizes)[::-1]
+    keep = [int(i) + 1 for i in order[:3] if sizes[i] >= max(p.min_lung_ml, p.min_fraction * sizes[order[0]])]
+    if not keep:
+        raise NoLungsFound(f"largest air-filled region inside the body is {sizes[order[0]]:.0f} mL, "
+                           f"less than {p.min_lung_ml:.0f} mL of lung")
+    lung_air = np.isin(labels, keep)
+    del labels
+    parenchyma = float(np.median(coarse.array[lung_air]))
+    filled = _close(lung_air, p.closing_mm, spacing)
+    filled = ndi.binary_fill_holes(filled | lung_air)
+    region = _dilate(filled, p.margin_mm, spacing)
+    return LungMask(
+        air=Grid(lung_air, coarse.affine),
+        filled=Grid(filled, coarse.affine),
+        region=Grid(region, coarse.affine),
+        lung_ml=float(filled.sum()) * voxel_ml,
+        parenchyma_hu=parenchyma,
+    )

@@ -1,0 +1,138 @@
+"""What every report object says about its making: outcome, algorithm, device, statements.
+
+Shared by the SR (:mod:`pacs_node.report.sr`) and the key images
+(:mod:`pacs_node.report.keyimages`).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+
+# -- statements ------------------------------------------------------------------------
+
+NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE - model trained on synthetic data only"
+NO_NODULES_DETECTED = "No lung nodules detected."
+LUNG_RADS_NOTE = (
+    "Lung-RADS v2022 categories are computed from the AI measurements with the baseline "
+    "screening table; no comparison with prior examinations was made."
+)
+
+
+class OutcomeStatus(enum.StrEnum):
+    """Whether a series was analysed."""
+
+    ANALYSED = "analysed"
+    NOT_ANALYSABLE = "not_analysable"
+
+
+@dataclass(frozen=True)
+class ReportOutcome:
+    """What became of the analysis of one series.
+
+    Attributes
+    ----------
+    status
+        Analysed, or not analysable.
+    reason
+        Why the series could not be analysed (required then, e.g. "slice spacing
+        5.0 mm > 3.0 mm"); must be empty for an analysed series.
+    """
+
+    status: OutcomeStatus
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", OutcomeStatus(self.status))
+        if self.status is OutcomeStatus.NOT_ANALYSABLE and not (self.reason or "").strip():
+            raise ValueError("reason is required when status is not_analysable")
+        if self.status is OutcomeStatus.ANALYSED and self.reason:
+            raise ValueError(f"reason must be empty when status is analysed, got {self.reason!r}")
+
+    @classmethod
+    def analysed(cls) -> ReportOutcome:
+        return cls(OutcomeStatus.ANALYSED)
+
+    @classmethod
+    def not_analysable(cls, reason: str) -> ReportOutcome:
+        return cls(OutcomeStatus.NOT_ANALYSABLE, reason)
+
+    @property
+    def is_analysed(self) -> bool:
+        return self.status is OutcomeStatus.ANALYSED
+
+
+def _check_lo(argument: str, value: str) -> None:
+    """DICOM LO: non-empty here, at most 64 characters, no backslash or control characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{argument} must be a non-empty string, got {value!r}")
+    if len(value) > 64 or "\\" in value or any(ord(c) < 32 for c in value):
+        raise ValueError(f"{argument} must fit DICOM LO (<= 64 characters, no backslash), got {value!r}")
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The detection algorithm, as TID 4019 Algorithm Identification names it.
+
+    Attributes
+    ----------
+    name, version
+        Algorithm name and version.
+    synthetic_data
+        True when the model was trained on synthetic data only: every object then
+        says it is not for diagnostic use.
+    """
+
+    name: str
+    version: str
+    synthetic_data: bool
+
+    def __post_init__(self) -> None:
+        _check_lo("name", self.name)
+        _check_lo("version", self.version)
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """This node, as the observer device and the equipment that made the objects.
+
+    Attributes
+    ----------
+    manufacturer, model_name, software_version, device_serial
+        Written to the General Equipment module and the SR observer context.
+    """
+
+    manufacturer: str
+    model_name: str
+    software_version: str
+    device_serial: str
+
+    def __post_init__(self) -> None:
+        for argument in ("manufacturer", "model_name", "software_version", "device_serial"):
+            _check_lo(argument, getattr(self, argument))
+
+    @property
+    def uid(self) -> str:
+        """Device Observer UID: the same for the same device across runs and versions.
+
+        A 2.25 UID of a name-based UUID (RFC 4122 version 5) of manufacturer, model
+        name and serial number.
+        """
+        name = "\x1f".join(("pacs-node device", self.manufacturer, self.model_name, self.device_serial))
+        return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+
+def ai_statement(algorithm: AlgorithmInfo, device: DeviceInfo) -> str:
+    """The sentence every object carries: it is AI output, by what, unverified."""
+    return (
+        f"AI-generated result: produced automatically by {algorithm.name} {algorithm.version} "
+        f"on {device.model_name} {device.software_version} ({device.manufacturer}); "
+        "not reviewed by a physician."
+    )
+
+
+def series_description(kind: str, algorithm: AlgorithmInfo) -> str:
+    """A series description (<= 64 characters) that says AI and, if so, not for diagnosis."""
+    suffix = " (not for diagnostic use)" if algorithm.synthetic_data else " (unverified)"
+    return f"AI {kind}{suffix}"[:64]
