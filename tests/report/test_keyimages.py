@@ -13,8 +13,9 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from pacs_node.analyze.findings import Finding
+from pacs_node.report.context import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo, DeviceInfo, ReportOutcome
+from pacs_node.report.geometry import locate
 from pacs_node.report.keyimages import RING, WARNING, build_key_images, lung_window
-from pacs_node.report.sr import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo, DeviceInfo, ReportOutcome, locate
 from tests.report import BLOBS, SPACING_ZYX_MM, dciodvfy, findings, write_series
 
 ALGORITHM = AlgorithmInfo(name="pacs-node-detector", version="0.1.0", synthetic_data=True)

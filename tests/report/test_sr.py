@@ -14,21 +14,18 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from pacs_node.analyze.findings import Finding, NoduleType
-from pacs_node.report.sr import (
+from pacs_node.report.codes import PRIVATE_SCHEME, lobe_site
+from pacs_node.report.context import (
     NO_NODULES_DETECTED,
     NOT_FOR_DIAGNOSTIC_USE,
-    PRIVATE_SCHEME,
     AlgorithmInfo,
     DeviceInfo,
     ReportOutcome,
     ai_statement,
-    build_report,
-    lobe_site,
-    locate,
-    patient_coordinates,
-    read_findings,
-    read_study_summary,
 )
+from pacs_node.report.geometry import locate, patient_coordinates
+from pacs_node.report.read import read_findings, read_study_summary
+from pacs_node.report.sr import build_report
 from tests.report import BLOBS, SPACING_ZYX_MM, dciodvfy, findings, write_series
 
 ALGORITHM = AlgorithmInfo(name="pacs-node-detector", version="0.1.0", synthetic_data=True)
