@@ -38,7 +38,7 @@ def serve(config: ConfigOption = DEFAULT_CONFIG) -> None:
     configure_logging(settings.logging.level, settings.logging.format)
     try:
         node = Node(settings)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         typer.echo(f"cannot start: {exc}", err=True)
         raise typer.Exit(1) from exc
     stop = threading.Event()

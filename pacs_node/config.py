@@ -133,6 +133,25 @@ class SendingConfig(_Section):
     poll_interval_s: float = Field(default=2.0, gt=0)
 
 
+class AnalysisConfig(_Section):
+    """The analysis job: which model, which series, and what to report."""
+
+    #: False: jobs only record the series they would analyse (receive-and-queue node).
+    enabled: bool = True
+    model: str = Field(default="lung-nodule-synthetic-v1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    models_dir: Path = Path("../models")
+    #: "best": the thinnest eligible series; "all": every eligible series.
+    series: Literal["best", "all"] = "best"
+    min_slices: int = Field(default=30, ge=2)
+    max_slice_spacing_mm: float = Field(default=3.0, gt=0)
+    #: Send a report that says why when a study could not be analysed.
+    report_not_analysable: bool = True
+
+    @property
+    def model_dir(self) -> Path:
+        return self.models_dir / self.model
+
+
 class RetentionConfig(_Section):
     """How long received files are kept."""
 
@@ -153,6 +172,7 @@ class Settings(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     completion: CompletionConfig = Field(default_factory=CompletionConfig)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     destinations: list[Destination] = Field(default_factory=list)
     sending: SendingConfig = Field(default_factory=SendingConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
@@ -185,6 +205,10 @@ def _format_errors(path: Path, error: ValidationError) -> str:
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
+    analysis = dict(raw.get("analysis", {}))
+    models = Path(analysis.get("models_dir", str(AnalysisConfig().models_dir)))
+    analysis["models_dir"] = str(models if models.is_absolute() else (base / models).resolve())
+    raw = {**raw, "analysis": analysis}
     storage = dict(raw.get("storage", {}))
     spool = storage.get("spool_dir", str(StorageConfig().spool_dir))
     storage["spool_dir"] = str((base / Path(spool)).resolve()) if not Path(spool).is_absolute() else spool

@@ -22,11 +22,22 @@ from pacs_node.worker import JobRunner, Worker
 log = logging.getLogger(__name__)
 
 
+def _job_runner(settings: Settings) -> JobRunner:
+    """The analysis pipeline with the configured model, or the pass-through when analysis is off."""
+    if not settings.analysis.enabled:
+        return record_series_for_analysis
+    from pacs_node.analyze.pipeline import Analysis
+    from pacs_node.ml.detector import Detector
+
+    return Analysis(settings, Detector.load(settings.analysis.model_dir))
+
+
 class Node:
     """Receives, completes studies and runs jobs until :meth:`stop`."""
 
-    def __init__(self, settings: Settings, runner: JobRunner = record_series_for_analysis) -> None:
+    def __init__(self, settings: Settings, runner: JobRunner | None = None) -> None:
         self.settings = settings
+        runner = runner or _job_runner(settings)
         self.engine = make_engine(settings.storage.database_url)
         upgrade(self.engine)
         removed = Spool(settings.storage.spool_dir, node_name=settings.node.name).clean_incoming()

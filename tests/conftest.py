@@ -117,6 +117,7 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
         "storage": {"spool_dir": str(folder / "spool"), "database_url": database_url, "min_free_mb": 0},
         "completion": {"quiet_period_s": 1.5, "sweep_interval_s": 0.3},
         "worker": {"poll_interval_s": 0.3, "lease_s": 60},
+        "analysis": {"enabled": False},  # pass-through unless a test asks for the detector
         "logging": {"level": "INFO"},
     }
     tables = {name: values for name, values in sections.items() if isinstance(values, list)}

@@ -1,0 +1,190 @@
+"""One analysis job: choose the series, build the volume, detect, write the reports.
+
+The job writes its SR and key images into the spool once, with UIDs made here; the
+worker then commits the job, these objects and their deliveries in one transaction,
+so every later send or resend carries the very same objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import highdicom as hd
+from pydicom import Dataset, dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
+from sqlalchemy import Engine, select
+
+from pacs_node import __version__
+from pacs_node.analyze.findings import Finding, study_category
+from pacs_node.analyze.series import SeriesChoice, choose_series
+from pacs_node.analyze.volume import NotAnalysable, volume_from_datasets
+from pacs_node.config import Settings
+from pacs_node.db.deliveries import ObjectRow
+from pacs_node.db.models import Instance, ObjectKind, Series, Study
+from pacs_node.db.queue import ClaimedJob
+from pacs_node.receive.spool import Spool
+from pacs_node.report.keyimages import build_key_images
+from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
+from pacs_node.worker import JobOutcome
+
+log = logging.getLogger(__name__)
+
+#: Series numbers of the objects we add to a study (high, to sort after the scanner's).
+SR_SERIES_NUMBER = 9901
+KEY_IMAGE_SERIES_NUMBER = 9902
+
+
+class NoduleDetector(Protocol):
+    """What the pipeline needs of a detector (``pacs_node.ml.detector.Detector``)."""
+
+    name: str
+    version: str
+    synthetic_data: bool
+
+    def detect(self, volume: hd.Volume) -> list[Finding]:
+        """Findings in patient coordinates (LPS, mm)."""
+
+
+@dataclass(frozen=True)
+class _Series:
+    uid: str
+    headers: list[tuple[Path, Dataset]]
+
+
+def _study_series(engine: Engine, spool_root: Path, study_pk: int) -> tuple[str, list[_Series]]:
+    with engine.connect() as connection:
+        study_uid = connection.scalar(select(Study.study_uid).where(Study.id == study_pk))
+        rows = connection.execute(
+            select(Series.series_uid, Instance.path)
+            .join(Instance, Instance.series_pk == Series.id)
+            .where(Series.study_pk == study_pk)
+            .order_by(Series.id, Instance.id)
+        ).all()
+    grouped: dict[str, list[tuple[Path, Dataset]]] = {}
+    for series_uid, relative in rows:
+        path = spool_root / relative
+        try:
+            header = dcmread(path, stop_before_pixels=True)
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            log.warning("event=instance_unreadable study=%d error=%s", study_pk, type(exc).__name__)
+            continue
+        grouped.setdefault(series_uid, []).append((path, header))
+    return study_uid, [_Series(uid, headers) for uid, headers in grouped.items()]
+
+
+class Analysis:
+    """The job runner of an analysing node."""
+
+    def __init__(self, settings: Settings, detector: NoduleDetector) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.spool_root = Path(settings.storage.spool_dir)
+        self.algorithm = AlgorithmInfo(detector.name, detector.version, synthetic_data=detector.synthetic_data)
+        self.device = DeviceInfo("pacs-node project", "pacs-node", __version__, settings.node.name)
+
+    def __call__(self, engine: Engine, job: ClaimedJob) -> JobOutcome:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        study_uid, series = _study_series(engine, self.spool_root, job.study_pk)
+        analysis = self.settings.analysis
+        chosen, rejected = choose_series(
+            {s.uid: s.headers for s in series},
+            analyse_all=analysis.series == "all",
+            min_slices=analysis.min_slices,
+            max_slice_spacing_mm=analysis.max_slice_spacing_mm,
+        )
+        timings["select_s"] = time.perf_counter() - started
+        spool = Spool(self.spool_root, node_name=self.settings.node.name)
+        try:
+            if not chosen:
+                reason = "; ".join(
+                    f"series {r.description or '#' + r.series_uid[-6:]}: {r.reason}" for r in rejected
+                ) or "no images"
+                return self._not_analysable(spool, study_uid, series, reason, timings)
+            objects: list[ObjectRow] = []
+            summaries = []
+            for choice in chosen:
+                produced, summary = self._analyse(spool, study_uid, choice, timings)
+                objects.extend(produced)
+                summaries.append(summary)
+        finally:
+            spool.close()
+        return JobOutcome(
+            {
+                "step": "analysis",
+                "analysis_performed": True,
+                "model": f"{self.detector.name} {self.detector.version}",
+                "series": summaries,
+                "findings": sum(s["findings"] for s in summaries),
+                "lung_rads": max((s["lung_rads"] for s in summaries), key=_rank),
+                "rejected_series": [{"series_uid": r.series_uid, "reason": r.reason} for r in rejected],
+                "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            },
+            objects,
+        )
+
+    def _analyse(
+        self, spool: Spool, study_uid: str, choice: SeriesChoice, timings: dict[str, float]
+    ) -> tuple[list[ObjectRow], dict]:
+        t0 = time.perf_counter()
+        datasets = [dcmread(path) for path in choice.paths]
+        try:
+            volume = volume_from_datasets(datasets)
+        except NotAnalysable as exc:
+            timings["load_s"] = time.perf_counter() - t0
+            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)))
+            return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
+                             "findings": 0, "lung_rads": "1"}
+        t1 = time.perf_counter()
+        findings = self.detector.detect(volume)
+        t2 = time.perf_counter()
+        objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed())
+        t3 = time.perf_counter()
+        timings["load_s"] = timings.get("load_s", 0.0) + t1 - t0
+        timings["detect_s"] = timings.get("detect_s", 0.0) + t2 - t1
+        timings["report_s"] = timings.get("report_s", 0.0) + t3 - t2
+        category = study_category(findings).value
+        log.info("event=analysis_done series_findings=%d lung_rads=%s detect_s=%.2f", len(findings), category, t2 - t1)
+        return objects, {"series_uid": choice.series_uid, "outcome": "analysed", "findings": len(findings),
+                         "lung_rads": category, "slices": len(datasets)}
+
+    def _not_analysable(
+        self, spool: Spool, study_uid: str, series: Sequence[_Series], reason: str, timings: dict[str, float]
+    ) -> JobOutcome:
+        result = {"step": "analysis", "analysis_performed": False, "outcome": "not analysable", "reason": reason,
+                  "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+        log.info("event=study_not_analysable reason=%r", reason)
+        images = [header for s in series for _, header in s.headers if "Rows" in header]
+        if not self.settings.analysis.report_not_analysable or not images:
+            return JobOutcome(result)  # nothing to report on, or reporting it is switched off
+        return JobOutcome(result, self._write(spool, study_uid, images[:1], [], ReportOutcome.not_analysable(reason)))
+
+    def _write(
+        self, spool: Spool, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome
+    ) -> list[ObjectRow]:
+        sr = build_report(
+            source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
+            series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
+        )
+        images = build_key_images(
+            source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
+            series_instance_uid=generate_uid(),
+            sop_instance_uids=[generate_uid() for _ in range(1 + len(findings))],
+            series_number=KEY_IMAGE_SERIES_NUMBER,
+        )
+        written: list[ObjectRow] = []
+        for kind, ds in [(ObjectKind.SR, sr), *((ObjectKind.KEY_IMAGE, image) for image in images)]:
+            stored = spool.write_dataset(ds, spool.report_path(study_uid, ds.SOPInstanceUID))
+            written.append((kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), stored.relative_path))
+        return written
+
+
+def _rank(category: str) -> int:
+    order = ["1", "2", "3", "4A", "4B", "4X"]
+    return order.index(category) if category in order else -1
