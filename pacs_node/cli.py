@@ -124,6 +124,34 @@ def resend(
     typer.echo(f"queued {queued} deliver{'y' if queued == 1 else 'ies'}; the running node sends them")
 
 
+@app.command()
+def demo(
+    config: ConfigOption = DEFAULT_CONFIG,
+    seed: Annotated[int, typer.Option(help="Phantom seed: which synthetic patient to send.")] = 2026,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the report.")] = 300.0,
+) -> None:
+    """Send a synthetic chest CT to the running node and print the findings it reports back.
+
+    Run `make run` in another terminal first; the demo acts as the scanner and as the
+    PACS at the node's `local-demo` destination.
+    """
+    from pacs_node.config import Destination
+    from pacs_node.demo import format_result, run_demo
+
+    settings = _settings(config)
+    target = next((d for d in settings.destinations if d.name == "local-demo"), None)
+    if target is None:
+        typer.echo(f"{config}: needs a [[destinations]] entry named local-demo for the demo to listen as", err=True)
+        raise typer.Exit(2)
+    node = Destination(name="node", ae_title=settings.node.ae_title, host="127.0.0.1", port=settings.node.port)
+    try:
+        result = run_demo(node, target.ae_title, target.port, seed=seed, timeout_s=timeout, say=typer.echo)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        typer.echo(f"demo failed: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(format_result(result))
+
+
 class PhantomFormat(str, enum.Enum):
     dicom = "dicom"
     luna16 = "luna16"
