@@ -100,3 +100,23 @@ def test_study_with_too_few_slices_gets_a_report_that_says_why(study, tmp_path: 
     sr = pydicom.dcmread(settings.storage.spool_dir / outcome.objects[0][3])
     summary = read_study_summary(sr)
     assert "only 10 slices" in str(summary)
+
+
+@pytest.mark.parametrize("tool", ["/usr/bin/dcmcjpls", "/usr/bin/dcmcrle", "/usr/bin/dcmcjpeg"])
+def test_compressed_series_are_analysed_like_uncompressed(study, tmp_path: Path, tool: str) -> None:  # noqa: ANN001
+    import subprocess
+
+    from pacs_node.analyze.volume import read_dicom_volume
+
+    phantom, series_dir, settings, engine = study
+    compressed = tmp_path / "compressed"
+    compressed.mkdir()
+    for path in sorted(series_dir.glob("*.dcm")):
+        subprocess.run([tool, str(path), str(compressed / path.name)], check=True, timeout=60)
+    assert pydicom.dcmread(next(compressed.glob("*.dcm"))).file_meta.TransferSyntaxUID.is_compressed
+    lossless = read_dicom_volume(sorted(compressed.glob("*.dcm")))
+    original = read_dicom_volume(sorted(series_dir.glob("*.dcm")))
+    assert (lossless.array == original.array).all()
+    _receive(compressed, settings.storage.spool_dir, engine)
+    outcome = Analysis(settings, TruthDetector(phantom.nodules))(engine, _job(engine))
+    assert outcome.result["analysis_performed"] is True and outcome.result["findings"] == 2
