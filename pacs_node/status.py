@@ -15,8 +15,12 @@ def _job_summary(job: Row | None) -> str:
     summary = f"#{job.id} {job.state.value}"
     if job.state == JobState.DONE and job.result:
         result = json.loads(job.result)
-        if result.get("analysis_performed") is False:
+        if result.get("step") == "pass-through":
             summary += " (pass-through: no analysis performed)"
+        elif result.get("analysis_performed"):
+            summary += f": {result.get('findings', 0)} nodule(s), Lung-RADS {result.get('lung_rads', '?')}"
+        else:
+            summary += f": not analysable ({str(result.get('reason', ''))[:60]})"
     if job.error:
         summary += f": {job.error[:80]}"
     return summary
