@@ -171,6 +171,47 @@ def phantom(
     typer.echo(f"wrote {len(written)} {fmt.value} stud{'y' if len(written) == 1 else 'ies'} under {out}")
 
 
+class DataFormat(str, enum.Enum):
+    luna16 = "luna16"
+    dicom = "dicom"
+    phantom = "phantom"
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option("--data", help="Training data folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write, e.g. models/my-model.")],
+    fmt: Annotated[DataFormat, typer.Option("--format", help="luna16 (subset*/*.mhd + annotations.csv), dicom (phantom studies) or phantom (generated cache).")] = DataFormat.luna16,
+    epochs: Annotated[int, typer.Option(min=1, help="Total epochs.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for splits, sampling, augmentation and initialisation.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
+    device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
+) -> None:
+    """Train a nodule detector and write its model folder (weights + model card)."""
+    from pacs_node.ml.train import train as run_training
+
+    result = run_training(data, fmt.value, out, epochs=epochs, seed=seed, resume=resume, device=device,
+                          progress=typer.echo)
+    typer.echo(f"model written to {out}: {result}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="Model folder, e.g. models/lung-nodule-synthetic-v1.")],
+    data: Annotated[Path, typer.Option("--data", help="Evaluation data folder.")],
+    fmt: Annotated[DataFormat, typer.Option("--format", help="luna16 or dicom (phantom studies with truth.json).")] = DataFormat.luna16,
+    out: Annotated[Path | None, typer.Option("--out", help="Where froc.png and report.json go (default: MODEL/evaluation).")] = None,
+) -> None:
+    """Score a model with the LUNA16 protocol: FROC, CPM, sensitivity by size and type."""
+    from pacs_node.ml.evaluate import evaluate_model
+
+    if fmt == DataFormat.phantom:
+        typer.echo("evaluate takes --format luna16 or dicom", err=True)
+        raise typer.Exit(2)
+    report = evaluate_model(model, data, fmt.value, out)
+    typer.echo(json.dumps({k: report[k] for k in ("cpm", "froc") if k in report}, indent=2))
+
+
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
