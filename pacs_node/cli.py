@@ -209,7 +209,7 @@ def evaluate(
         typer.echo("evaluate takes --format luna16 or dicom", err=True)
         raise typer.Exit(2)
     report = evaluate_model(model, data, fmt.value, out)
-    typer.echo(json.dumps({k: report[k] for k in ("cpm", "froc") if k in report}, indent=2))
+    typer.echo(json.dumps({k: report[k] for k in ("cpm", "fp_rates", "sensitivities", "n_scans", "n_nodules", "false_positives_per_scan") if k in report}, indent=2))
 
 
 def main() -> None:

@@ -21,10 +21,12 @@ the FROC curve by linear interpolation between its points, i.e. ``np.interp(rate
 sens)`` as the official script interpolates the curve it plots (``sens_itp``).  Where
 the curve rises vertically at exactly that rate (a rate of k / n_scans), this gives the
 top of the rise: the best sensitivity with on average at most that many FPs/scan.
-Beyond the last point the curve stays flat.  The official script samples its
-interpolated curve on a 10,001-point grid; we evaluate it at the exact rates.  (The
-2025 leaderboard calculator instead takes the FROC point *nearest* to each rate, the
-first one on ties; it gives a slightly lower CPM at rates where the curve rises.)
+Beyond the last point the curve stays flat.  The official script interpolates onto a
+10,001-point grid from 1/8 to 8 for its plot and FROC file, and the CPM variants built
+on it read the grid points nearest each rate (within 3e-4); we evaluate the same
+interpolation at the exact rates.  (Radboudumc's 2025 leaderboard CPM calculator takes the
+FROC point *nearest* to each rate, the first one on ties: no interpolation, and a lower
+sensitivity where the curve rises at exactly that rate.)
 
 Size and type breakdowns use a score threshold: the lowest one with at most the given
 FPs/scan.  Without ties between the scores of true and false positives they agree
