@@ -142,7 +142,12 @@ class Analysis:
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
         t1 = time.perf_counter()
-        findings = self.detector.detect(volume)
+        try:
+            findings = self.detector.detect(volume)
+        except NotAnalysable as exc:  # e.g. no lungs in the volume
+            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)))
+            return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
+                             "findings": 0, "lung_rads": "1"}
         t2 = time.perf_counter()
         objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed())
         t3 = time.perf_counter()

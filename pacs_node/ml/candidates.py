@@ -43,13 +43,16 @@ class BlobPass:
         so faint ground-glass blobs are not outranked by vessel crossings.
     suppress_margin_mm
         Rim removed around suppressed voxels (partial-volume edges of vessels).
+    scales_mm
+        Standard deviations (mm) of the Gaussian scales searched.
     max_candidates
         Quota of this pass.
     """
 
     window_hu: tuple[float, float]
     suppress_above_hu: float | None = None
-    suppress_margin_mm: float = 2.0
+    suppress_margin_mm: float = 0.0
+    scales_mm: tuple[float, ...] = (1.2, 1.8, 2.7, 4.0, 6.0, 8.5)
     max_candidates: int = 300
 
 
@@ -59,8 +62,6 @@ class CandidateParams:
 
     Attributes
     ----------
-    scales_mm
-        Standard deviations of the Gaussian scales.
     passes
         The image renderings searched, each with its quota: by default one for solid
         and calcified nodules and one for ground-glass (and the halo of part-solid).
@@ -73,10 +74,10 @@ class CandidateParams:
         across passes, a candidate closer than this to one already kept is dropped.
     """
 
-    scales_mm: tuple[float, ...] = (1.2, 1.8, 2.7, 4.0, 6.0, 8.5)
     passes: tuple[BlobPass, ...] = (
         BlobPass(window_hu=(-1000.0, 100.0), max_candidates=300),
-        BlobPass(window_hu=(-1000.0, -300.0), suppress_above_hu=-300.0, max_candidates=150),
+        BlobPass(window_hu=(-1000.0, -300.0), suppress_above_hu=-300.0,
+                 scales_mm=(2.2, 3.2, 4.6, 6.5, 9.0), max_candidates=250),
     )
     min_blobness_hu: float = 15.0
     min_hu: float = -820.0
@@ -223,7 +224,7 @@ def _search(grid2: Grid, filled: np.ndarray, allowed: np.ndarray, parenchyma_hu:
         del dense
     best = np.zeros(grid2.shape, dtype=np.float32)
     best_scale = np.zeros(grid2.shape, dtype=np.float32)
-    for s in p.scales_mm:
+    for s in bp.scales_mm:
         b = blobness(image, s / vox)
         better = b > best
         best[better] = b[better]

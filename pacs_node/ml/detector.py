@@ -1,0 +1,227 @@
+"""Lung nodule detector: a model folder in, findings in patient LPS mm out.
+
+:meth:`Detector.load` reads a model folder (:mod:`pacs_node.ml.modelcard`); nothing
+is fetched from a network.  :meth:`Detector.run` takes a CT volume as
+:mod:`pacs_node.analyze.volume` builds it (any slice order, orientation, spacing)
+and runs: the front end (:mod:`pacs_node.ml.preprocess`: orientation, lung mask,
+fine grid, candidates), the CNN on every candidate in batches, merging of
+candidates that point at the same nodule (greedy by score, radius half the
+predicted diameter), measurement (:mod:`pacs_node.ml.measure`), and conversion of
+each centre back to patient coordinates through the fine grid's exact affine.
+Every step is timed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import torch
+
+from pacs_node.analyze.findings import Finding, NoduleType
+from pacs_node.ml.canonical import Grid
+from pacs_node.ml.measure import measure_nodule
+from pacs_node.ml.modelcard import ModelCard, ModelError, read_model_card, sha256_file
+from pacs_node.ml.network import TYPE_NAMES, NoduleNet, normalise_hu
+from pacs_node.ml.patches import extract_patches, patch_centres
+from pacs_node.ml.preprocess import FrontEnd, run_front_end
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Scored:
+    """Network outputs for candidates (arrays of length ``N``; positions in LPS mm)."""
+
+    centres_lps_mm: np.ndarray
+    score: np.ndarray
+    type_prob: np.ndarray
+    diameter_mm: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class Detection:
+    """Result of :meth:`Detector.run`.
+
+    Attributes
+    ----------
+    findings
+        Merged and measured findings, highest score first.
+    timings_s
+        Wall time per step (s): ``lung_mask``, ``resample``, ``candidates``,
+        ``classify``, ``merge``, ``measure`` and ``total``.
+    n_candidates
+        Candidates the classifier scored.
+    lung_ml
+        Volume of the filled lung mask (mL).
+    """
+
+    findings: list[Finding]
+    timings_s: dict[str, float]
+    n_candidates: int
+    lung_ml: float
+
+
+class Detector:
+    """A loaded model, ready to detect nodules.  Build it with :meth:`load`."""
+
+    def __init__(self, card: ModelCard, model: NoduleNet, device: str = "cpu", batch_size: int = 64) -> None:
+        self.card = card
+        self.model = model.eval().to(device)
+        self.device = device
+        self.batch_size = batch_size
+
+    @property
+    def name(self) -> str:
+        """The model's name, as its card gives it."""
+        return self.card.name
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def synthetic_data(self) -> bool:
+        """True when the model was trained on our synthetic phantoms (reports then say so)."""
+        return self.card.extra.get("training", {}).get("data_format", "phantom") == "phantom"
+
+    @classmethod
+    def load(cls, model_dir: Path, device: str = "cpu", verify_checksum: bool = True) -> Detector:
+        """Load a model folder (``model.toml`` + weights).
+
+        Raises
+        ------
+        ModelError
+            If a file is missing, the card is malformed, the weights' checksum differs
+            from the card, or the weights do not fit the architecture the card describes.
+        """
+        model_dir = Path(model_dir)
+        card = read_model_card(model_dir)
+        weights = model_dir / card.weights_file
+        if verify_checksum and card.weights_sha256 and sha256_file(weights) != card.weights_sha256:
+            raise ModelError(f"{weights}: SHA-256 differs from the one in model.toml (weights and card mismatched)")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for a bad file
+            raise ModelError(f"{weights}: not a readable state_dict: {exc}") from exc
+        if not isinstance(state, dict):
+            raise ModelError(f"{weights}: expected a state_dict, got {type(state).__name__}")
+        model = NoduleNet(card.network)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ModelError(f"{weights}: weights do not match the architecture in model.toml: {first}") from exc
+        return cls(card, model, device)
+
+    def detect(self, volume: hd.Volume) -> list[Finding]:
+        """Findings at or above the model's operating point (LPS mm), highest score first."""
+        return self.run(volume).findings
+
+    def run(self, volume: hd.Volume, min_score: float | None = None, max_findings: int | None = None) -> Detection:
+        """Detect nodules in a CT volume.
+
+        Parameters
+        ----------
+        volume
+            HU volume with its affine to patient LPS (mm), from
+            :mod:`pacs_node.analyze.volume`.
+        min_score
+            Keep findings at or above this score; default: the model's ``report_score``.
+            Pass the card's ``thresholds.min_score`` for FROC analysis.
+        max_findings
+            Keep (and measure) at most this many findings, the highest scores.
+
+        Raises
+        ------
+        pacs_node.ml.lungs.NoLungsFound
+            If no lungs are found (a :class:`~pacs_node.analyze.volume.NotAnalysable`).
+        """
+        threshold = self.card.thresholds.report_score if min_score is None else float(min_score)
+        t_total = time.perf_counter()
+        fe = run_front_end(volume, self.card.front_end)
+        timings = dict(fe.timings_s)
+        t = time.perf_counter()
+        scored = self.score_candidates(fe.fine, fe.candidates.centres_lps_mm)
+        timings["classify"] = time.perf_counter() - t
+        t = time.perf_counter()
+        keep = merge(scored, threshold, self.card.thresholds.merge_mm)
+        if max_findings is not None:
+            keep = keep[: max(0, int(max_findings))]
+        timings["merge"] = time.perf_counter() - t
+        t = time.perf_counter()
+        findings = [self._finding(fe, scored, i) for i in keep]
+        timings["measure"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_total
+        log.info("event=detect model=%s candidates=%d findings=%d %s", self.card.name, len(fe.candidates),
+                 len(findings), " ".join(f"{k}_s={v:.2f}" for k, v in timings.items()))
+        return Detection(findings, timings, len(fe.candidates), fe.lungs.lung_ml)
+
+    def score_candidates(self, fine: Grid, centres_lps_mm: np.ndarray) -> Scored:
+        """Run the network on patches around points (LPS mm) of a fine grid.
+
+        Returns the refined centres (patch centre plus predicted offset, LPS mm), the
+        nodule probability, the type probabilities and the diameter (mm).
+        """
+        cfg = self.card.network
+        n = len(centres_lps_mm)
+        if n == 0:
+            return Scored(np.empty((0, 3)), np.empty(0), np.empty((0, len(TYPE_NAMES))), np.empty(0))
+        pc = patch_centres(fine.world_to_index(centres_lps_mm))
+        scores, types, diams, offs = [], [], [], []
+        with torch.inference_mode():
+            for s in range(0, n, self.batch_size):
+                f, c = extract_patches(fine, pc[s:s + self.batch_size], cfg.patch_size)
+                x = normalise_hu(np.stack([f, c], axis=1), cfg.hu_window).to(self.device)
+                out = self.model(x)
+                scores.append(torch.sigmoid(out.logit).cpu().numpy())
+                types.append(torch.softmax(out.type_logits, dim=1).cpu().numpy())
+                diams.append(torch.exp(out.log_diameter).cpu().numpy())
+                offs.append(out.offset.cpu().numpy())
+        offset_idx = np.concatenate(offs).astype(np.float64) / cfg.fine_mm
+        refined = fine.index_to_world(pc - 0.5 + offset_idx)
+        return Scored(refined, np.concatenate(scores).astype(np.float64), np.concatenate(types).astype(np.float64),
+                      np.concatenate(diams).astype(np.float64))
+
+    def _finding(self, fe: FrontEnd, scored: Scored, i: int) -> Finding:
+        centre = scored.centres_lps_mm[i]
+        type_idx = int(np.argmax(scored.type_prob[i]))
+        nodule_type = NoduleType(TYPE_NAMES[type_idx])
+        subsolid = nodule_type in (NoduleType.GROUND_GLASS, NoduleType.PART_SOLID)
+        m = measure_nodule(fe.fine, fe.fine.world_to_index(centre)[0], float(scored.diameter_mm[i]), subsolid,
+                           fe.lungs.parenchyma_hu)
+        return Finding(
+            center_lps_mm=(float(centre[0]), float(centre[1]), float(centre[2])),
+            long_axis_mm=m.long_axis_mm,
+            short_axis_mm=m.short_axis_mm,
+            volume_mm3=m.volume_mm3,
+            nodule_type=nodule_type,
+            score=float(np.clip(scored.score[i], 0.0, 1.0)),
+            mean_hu=m.mean_hu,
+            solid_core_mm=m.solid_core_mm if nodule_type == NoduleType.PART_SOLID else None,
+        )
+
+
+def merge(scored: Scored, min_score: float, merge_mm: float) -> list[int]:
+    """Indices of the candidates kept, one per nodule, highest score first.
+
+    Greedy: the best remaining candidate absorbs every candidate whose refined centre
+    lies within ``max(merge_mm, d / 2)`` of it (``d`` the larger of their predicted
+    diameters).
+    """
+    order = [int(i) for i in np.argsort(-scored.score, kind="stable") if scored.score[i] >= min_score]
+    kept: list[int] = []
+    for i in order:
+        ok = True
+        for j in kept:
+            radius = max(merge_mm, 0.5 * max(scored.diameter_mm[i], scored.diameter_mm[j]))
+            if np.linalg.norm(scored.centres_lps_mm[i] - scored.centres_lps_mm[j]) < radius:
+                ok = False
+                break
+        if ok:
+            kept.append(i)
+    return kept

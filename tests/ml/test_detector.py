@@ -1,0 +1,118 @@
+"""The detector: model folders are checked, findings land on nodules in LPS mm whatever the geometry."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pacs_node.analyze.findings import Finding
+from pacs_node.analyze.volume import read_dicom_volume
+from pacs_node.ml.detector import Detector
+from pacs_node.ml.modelcard import ModelError
+from pacs_node.ml.phantom import Phantom, PlantedNodule, write_dicom_study
+
+from tests.ml._fixtures import find_phantom
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "lung-nodule-synthetic-v1"
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    assert (MODEL / "model.toml").is_file(), f"the bundled model is missing at {MODEL}"
+    return Detector.load(MODEL)
+
+
+def test_load_refuses_a_folder_without_weights(tmp_path: Path) -> None:
+    shutil.copy(MODEL / "model.toml", tmp_path / "model.toml")
+    with pytest.raises(ModelError, match="no weights file 'weights.pt'"):
+        Detector.load(tmp_path)
+
+
+def test_load_refuses_a_folder_without_a_card(tmp_path: Path) -> None:
+    shutil.copy(MODEL / "weights.pt", tmp_path / "weights.pt")
+    with pytest.raises(ModelError, match="has no model.toml"):
+        Detector.load(tmp_path)
+    with pytest.raises(ModelError, match="does not exist"):
+        Detector.load(tmp_path / "nowhere")
+
+
+def test_load_refuses_weights_that_do_not_match_the_card(tmp_path: Path) -> None:
+    shutil.copy(MODEL / "weights.pt", tmp_path / "weights.pt")
+    card = (MODEL / "model.toml").read_text()
+    (tmp_path / "model.toml").write_text(card.replace("hidden = 128", "hidden = 64"))
+    with pytest.raises(ModelError, match="do not match the architecture"):
+        Detector.load(tmp_path)
+    with open(tmp_path / "weights.pt", "ab") as fh:
+        fh.write(b"\0")
+    (tmp_path / "model.toml").write_text(card)
+    with pytest.raises(ModelError, match="SHA-256"):
+        Detector.load(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Phantom, PlantedNodule, Path]:
+    phantom, nodule = find_phantom(lambda n: n.diameter_mm >= 12.0, first_seed=500, n_nodules=1,
+                                   nodule_types=["solid"], diameter_range_mm=(12.0, 20.0))
+    written = write_dicom_study(phantom, tmp_path_factory.mktemp("study"))
+    return phantom, nodule, written.series_dir
+
+
+def _flip_in_plane(series: Path, out: Path) -> list[Path]:
+    """Rewrite a series with rows and columns reversed (orientation -1 0 0 / 0 -1 0), same anatomy."""
+    out.mkdir()
+    paths = []
+    for path in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        dy, dx = (float(v) for v in ds.PixelSpacing)
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1, ::-1]).tobytes()
+        x, y, z = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x + (cols - 1) * dx, y + (rows - 1) * dy, z]
+        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
+        ds.save_as(out / path.name)
+        paths.append(out / path.name)
+    return paths
+
+
+def _on_nodule(findings: list[Finding], nodule: PlantedNodule) -> Finding:
+    assert findings, "no finding at the operating point"
+    best = findings[0]
+    d = np.linalg.norm(np.array(best.center_lps_mm) - np.array(nodule.centre_xyz_mm))
+    assert d <= nodule.diameter_mm / 2, f"top finding {d:.1f} mm from the nodule (radius {nodule.diameter_mm / 2:.1f})"
+    return best
+
+
+def test_findings_land_on_the_nodule_for_any_slice_order_and_orientation(detector, study, tmp_path: Path) -> None:
+    _, nodule, series = study
+    files = sorted(series.glob("*.dcm"))
+    volume = read_dicom_volume(files[::-1])
+    variants = {
+        "dicom": volume,
+        "reversed slices": volume.flip_spatial([0]),
+        "rows and columns swapped": volume.permute_spatial_axes([0, 2, 1]),
+        "dicom flipped in-plane": read_dicom_volume(_flip_in_plane(series, tmp_path / "flipped")),
+    }
+    found = {}
+    for name, v in variants.items():
+        best = _on_nodule(detector.detect(v), nodule)
+        found[name] = best
+        assert isinstance(best, Finding) and 0 <= best.score <= 1
+        assert best.long_axis_mm >= best.short_axis_mm > 0 and best.volume_mm3 > 0
+        assert abs(best.diameter_mm - nodule.diameter_mm) < 0.5 * nodule.diameter_mm, (name, best.diameter_mm)
+    ref = np.array(found["dicom"].center_lps_mm)
+    for name, f in found.items():
+        assert np.linalg.norm(np.array(f.center_lps_mm) - ref) < 1.5, name
+        assert f.nodule_type == found["dicom"].nodule_type
+
+
+def test_run_reports_timings_and_candidates(detector, study) -> None:
+    _, _, series = study
+    result = detector.run(read_dicom_volume(sorted(series.glob("*.dcm"))))
+    for step in ("lung_mask", "resample", "candidates", "classify", "merge", "measure", "total"):
+        assert result.timings_s[step] >= 0
+    assert 0 < result.n_candidates <= detector.card.front_end.candidates.max_candidates
+    assert result.lung_ml > 100
