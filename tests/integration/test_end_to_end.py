@@ -1,0 +1,57 @@
+"""End to end with the bundled model: storescu as the scanner, Orthanc as the PACS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pacs_node.ml.phantom import generate_phantom, write_dicom_study
+from pacs_node.report.read import read_findings, read_study_summary
+from tests.conftest import REPO, storescu, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _node_config(orthanc) -> dict:  # noqa: ANN001
+    return {
+        "analysis": {"enabled": True, "models_dir": str(REPO / "models")},
+        "destinations": [{"name": "orthanc", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
+                          "port": orthanc.dicom_port}],
+        "sending": {"poll_interval_s": 0.3},
+    }
+
+
+def _reports(orthanc, study_uid: str, tmp_path: Path) -> tuple[list, int]:  # noqa: ANN001
+    srs, key_images = [], 0
+    for orthanc_id in orthanc.get("/instances"):
+        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
+        if tags["StudyInstanceUID"] != study_uid:
+            continue
+        if tags["Modality"] == "SR":
+            path = tmp_path / f"{orthanc_id}.dcm"
+            path.write_bytes(orthanc.get_bytes(f"/instances/{orthanc_id}/file"))
+            srs.append(pydicom.dcmread(path))
+        elif tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.7":
+            key_images += 1
+    return srs, key_images
+
+
+def test_pushed_study_comes_back_as_findings_in_pacs(node_factory, orthanc, tmp_path: Path) -> None:
+    phantom = generate_phantom(424243, shape_zyx=(140, 320, 320), spacing_zyx_mm=(1.25, 1.0, 1.0),
+                               n_nodules=1, nodule_types=["solid"], diameter_range_mm=(14.0, 20.0))
+    series = Path(write_dicom_study(phantom, tmp_path / "study").series_dir)
+    node = node_factory(**_node_config(orthanc))
+    assert storescu(node.port, series).returncode == 0
+    srs = wait_until(lambda: _reports(orthanc, phantom.study_uid, tmp_path)[0], timeout=120, interval=0.5)
+    [sr] = srs
+    found = read_findings(sr)
+    summary = read_study_summary(sr)
+    _, key_images = _reports(orthanc, phantom.study_uid, tmp_path)
+    assert key_images == 1 + len(found), "one per finding plus the overview"
+    truth = phantom.nodules[0]
+    distances = [np.linalg.norm(np.subtract(f["center_lps_mm"], truth.centre_xyz_mm)) for f in found]
+    assert distances and min(distances) <= truth.diameter_mm / 2, "the large nodule is found"
+    assert summary["outcome"] == "analysed" and summary["nodules_detected"]
