@@ -112,6 +112,15 @@ class DeviceInfo:
         for argument in ("manufacturer", "model_name", "software_version", "device_serial"):
             _check_lo(argument, getattr(self, argument))
 
+    def equipment(self) -> dict[str, str]:
+        """General Equipment keyword arguments of highdicom's SOP classes."""
+        return {
+            "manufacturer": self.manufacturer,
+            "manufacturer_model_name": self.model_name,
+            "software_versions": self.software_version,
+            "device_serial_number": self.device_serial,
+        }
+
     @property
     def uid(self) -> str:
         """Device Observer UID: the same for the same device across runs and versions.

@@ -301,13 +301,10 @@ def _secondary_capture(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=device.manufacturer,
         patient_orientation=patient_orientation,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description("nodule key images", algorithm),
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version,
-        device_serial_number=device.device_serial,
+        **device.equipment(),
     )
 
 

@@ -348,14 +348,11 @@ def build_report(
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=device.manufacturer,
         is_complete=True,
         is_final=False,
         is_verified=False,
         series_description=series_description("lung nodule report", algorithm),
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version,
-        device_serial_number=device.device_serial,
+        **device.equipment(),
         coding_schemes=[PRIVATE_CODING_SCHEME],
     )
     report.CompletionFlagDescription = (
