@@ -101,11 +101,14 @@ class Candidates:
         Scale-normalised blobness (HU) at each candidate.
     scale_mm
         Gaussian scale (mm) at which each candidate's blobness peaked.
+    pass_index
+        Which :class:`BlobPass` found each candidate.
     """
 
     centres_lps_mm: np.ndarray
     blobness: np.ndarray
     scale_mm: np.ndarray
+    pass_index: np.ndarray
 
     def __len__(self) -> int:
         return len(self.blobness)
@@ -193,20 +196,22 @@ def find_candidates(grid2: Grid, lungs: LungMask, params: CandidateParams | None
     smooth = ndi.gaussian_filter(grid2.array, 1.2 / vox, truncate=2.0)
     allowed = region & (smooth > p.min_hu)
     del smooth, region
-    centres, values, scales = [], [], []
-    for bp in p.passes:
+    centres, values, scales, passes = [], [], [], []
+    for k, bp in enumerate(p.passes):
         c, v, s = _search(grid2, filled, allowed, lungs.parenchyma_hu, bp, p, vox)
         centres.append(c)
         values.append(v)
         scales.append(s)
+        passes.append(np.full(len(v), k, dtype=np.int16))
     # merge passes: each pass's candidates in its own order, earlier passes first
     all_c = np.concatenate(centres) if centres else np.empty((0, 3))
     all_v = np.concatenate(values) if values else np.empty(0, np.float32)
     all_s = np.concatenate(scales) if scales else np.empty(0, np.float32)
+    all_p = np.concatenate(passes) if passes else np.empty(0, np.int16)
     keep = _nms(all_c, np.arange(len(all_c)), p.nms_mm, max(1, p.max_candidates))
     if len(keep) == 0:
-        return Candidates(np.empty((0, 3)), np.empty(0, np.float32), np.empty(0, np.float32))
-    return Candidates(all_c[keep], all_v[keep], all_s[keep])
+        return Candidates(np.empty((0, 3)), np.empty(0, np.float32), np.empty(0, np.float32), np.empty(0, np.int16))
+    return Candidates(all_c[keep], all_v[keep], all_s[keep], all_p[keep])
 
 
 def _search(grid2: Grid, filled: np.ndarray, allowed: np.ndarray, parenchyma_hu: float, bp: BlobPass,

@@ -454,7 +454,7 @@ def _card_extra(cfg: TrainConfig, fmt: str, data_dir: Path, cases: list[Case], t
         "augment": _jsonable(asdict(cfg.augment)),
         "torch": torch.__version__,
         "host": f"{platform.machine()} {os.cpu_count()} cpu",
-        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if cfg.phantoms is not None and fmt == "phantom":
         training["phantoms"] = _jsonable(asdict(cfg.phantoms))
