@@ -15,14 +15,8 @@ from PIL import Image
 
 from pacs_node.analyze.findings import Finding
 from pacs_node.analyze.volume import read_mhd_volume
-from pacs_node.ml.evaluate import (
-    FP_RATES,
-    Candidate,
-    Reference,
-    evaluate_model,
-    save_froc_png,
-    score_findings,
-)
+from pacs_node.ml.evaluate import evaluate_model
+from pacs_node.ml.froc import FP_RATES, Candidate, Reference, save_froc_png, score_findings
 from pacs_node.ml.luna16 import read_luna16_annotations
 from pacs_node.ml.phantom import generate_studies
 
