@@ -71,7 +71,7 @@ def status(
     settings = _settings(config)
     engine = make_engine(settings.storage.database_url)
     try:
-        typer.echo(render_status(engine, limit))
+        typer.echo(render_status(engine, limit, settings.storage))
     finally:
         engine.dispose()
 
@@ -81,13 +81,27 @@ def echo(
     target: Annotated[str, typer.Argument(help="AE@HOST:PORT of the node to verify.")],
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "PACS_NODE",
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 10.0,
+    tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="DICOM TLS: CA certificate(s) to verify the node with (PEM).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option("--tls-cert", help="DICOM TLS: our client certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="DICOM TLS: the key of --tls-cert (PEM, unencrypted).")] = None,
+    tls_server_name: Annotated[str | None, typer.Option("--tls-server-name", help="DICOM TLS: name the node's certificate must carry (default: HOST).")] = None,
 ) -> None:
-    """C-ECHO a DICOM node and print the outcome."""
+    """C-ECHO a DICOM node and print the outcome; any --tls-* option makes it DICOM TLS."""
+    from pydantic import ValidationError
+
+    from pacs_node.config import DestinationTLS
     from pacs_node.send.echo import EchoError, c_echo, parse_target
 
     try:
         ae_title, host, port = parse_target(target)
-        seconds = c_echo(ae_title, host, port, calling_ae=calling_ae, timeout_s=timeout)
+        tls = None
+        if tls_ca or tls_cert or tls_key or tls_server_name:
+            tls = DestinationTLS(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, server_hostname=tls_server_name)
+        seconds = c_echo(ae_title, host, port, calling_ae=calling_ae, timeout_s=timeout, tls=tls)
+    except ValidationError as exc:
+        reasons = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
+        typer.echo(f"C-ECHO {target}: failed: {reasons}", err=True)
+        raise typer.Exit(2) from exc
     except (ValueError, EchoError) as exc:
         typer.echo(f"C-ECHO {target}: failed: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -113,11 +127,18 @@ def resend(
     if not settings.destinations:
         typer.echo(f"{config}: no [[destinations]] configured", err=True)
         raise typer.Exit(2)
+    from pacs_node.db.retention import reports_purged
+
     engine = make_engine(settings.storage.database_url)
     try:
-        queued = resend_study(engine, study_uid, settings.destinations)
+        purged = reports_purged(engine, study_uid)
+        queued = 0 if purged else resend_study(engine, study_uid, settings.destinations)
     finally:
         engine.dispose()
+    if purged:
+        typer.echo("the report files of that study were deleted by retention ([retention] keep_reports = false); "
+                   "nothing to resend", err=True)
+        raise typer.Exit(1)
     if not queued:
         typer.echo("no finished report for that study", err=True)
         raise typer.Exit(1)
@@ -186,12 +207,20 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for splits, sampling, augmentation and initialisation.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in --out.")] = False,
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
+    phantoms: Annotated[int, typer.Option(min=0, help="With --format phantom: how many synthetic studies to generate into --data (a cache).")] = 0,
+    phantom_seed: Annotated[int, typer.Option(help="With --format phantom: seed of the synthetic set (never reuse an evaluation seed).")] = 20250,
 ) -> None:
     """Train a nodule detector and write its model folder (weights + model card)."""
+    from pacs_node.ml.datasets import PhantomSet
+    from pacs_node.ml.train import TrainConfig
     from pacs_node.ml.train import train as run_training
 
+    if fmt == DataFormat.phantom and phantoms < 1:
+        typer.echo("--format phantom needs --phantoms N (studies to generate into --data)", err=True)
+        raise typer.Exit(2)
+    config = TrainConfig(name=out.name, phantoms=PhantomSet(count=phantoms, seed=phantom_seed) if phantoms else None)
     result = run_training(data, fmt.value, out, epochs=epochs, seed=seed, resume=resume, device=device,
-                          progress=typer.echo)
+                          config=config, progress=typer.echo)
     typer.echo(f"model written to {out}: {result}")
 
 

@@ -61,3 +61,15 @@ def test_froc_counts_hits_once_and_everything_else_as_false_positives() -> None:
     assert froc["n_nodules"] == 2 and froc["n_scans"] == 2
     # one FP allowed (0.5/scan): threshold at the 2nd FP (0.7) -> the 0.9 hit counts
     assert froc["sensitivity"] == [0.5, 0.5]
+
+
+def test_train_command_asks_how_many_phantoms_to_generate(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pacs_node.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "cache"), "--format", "phantom",
+                                      "--out", str(tmp_path / "model")])
+    assert result.exit_code == 2
+    assert "--format phantom needs --phantoms N" in result.output
+    assert not (tmp_path / "model").exists()
