@@ -32,6 +32,15 @@ from pacs_node.ml.preprocess import FrontEnd, run_front_end
 
 log = logging.getLogger(__name__)
 
+#: Axis flips (of the patch axes z, y, x) averaged at inference, by their number; the
+#: patch centre lies between the middle voxels, so every flip keeps it in place.
+FLIP_SETS: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((),),
+    2: ((), (2,)),
+    4: ((), (0,), (1,), (2,)),
+    8: ((), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)),
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Scored:
@@ -172,16 +181,26 @@ class Detector:
         if n == 0:
             return Scored(np.empty((0, 3)), np.empty(0), np.empty((0, len(TYPE_NAMES))), np.empty(0))
         pc = patch_centres(fine.world_to_index(centres_lps_mm))
+        flips = FLIP_SETS[self.card.inference_flips]
         scores, types, diams, offs = [], [], [], []
         with torch.inference_mode():
             for s in range(0, n, self.batch_size):
                 f, c = extract_patches(fine, pc[s:s + self.batch_size], cfg.patch_size)
                 x = normalise_hu(np.stack([f, c], axis=1), cfg.hu_window).to(self.device)
-                out = self.model(x)
-                scores.append(torch.sigmoid(out.logit).cpu().numpy())
-                types.append(torch.softmax(out.type_logits, dim=1).cpu().numpy())
-                diams.append(torch.exp(out.log_diameter).cpu().numpy())
-                offs.append(out.offset.cpu().numpy())
+                score, type_prob, diameter, offset = 0.0, 0.0, 0.0, 0.0
+                for axes in flips:
+                    out = self.model(torch.flip(x, [2 + a for a in axes]) if axes else x)
+                    unflip = torch.ones(3, device=out.offset.device)
+                    unflip[list(axes)] = -1.0
+                    score = score + torch.sigmoid(out.logit)
+                    type_prob = type_prob + torch.softmax(out.type_logits, dim=1)
+                    diameter = diameter + out.log_diameter
+                    offset = offset + out.offset * unflip
+                k = len(flips)
+                scores.append((score / k).cpu().numpy())
+                types.append((type_prob / k).cpu().numpy())
+                diams.append(torch.exp(diameter / k).cpu().numpy())
+                offs.append((offset / k).cpu().numpy())
         offset_idx = np.concatenate(offs).astype(np.float64) / cfg.fine_mm
         refined = fine.index_to_world(pc - 0.5 + offset_idx)
         return Scored(refined, np.concatenate(scores).astype(np.float64), np.concatenate(types).astype(np.float64),

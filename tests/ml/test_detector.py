@@ -116,3 +116,35 @@ def test_run_reports_timings_and_candidates(detector, study) -> None:
         assert result.timings_s[step] >= 0
     assert 0 < result.n_candidates <= detector.card.front_end.candidates.max_candidates
     assert result.lung_ml > 100
+
+
+def test_flip_averaging_gives_the_same_outputs_for_a_mirrored_volume(detector) -> None:  # noqa: ANN001
+    """With all eight flips averaged, mirroring the grid mirrors the centres and keeps the scores."""
+    import dataclasses
+
+    from pacs_node.ml.canonical import Grid
+
+    rng = np.random.default_rng(3)
+    array = rng.normal(-800, 60, size=(40, 40, 40)).astype(np.float32)
+    array[17:24, 15:22, 18:25] = 30.0  # a small solid blob off-centre
+    grid = Grid(array, np.eye(4))  # identity affine: positions are (z, y, x) indices
+    mirrored = Grid(array[:, :, ::-1].copy(), np.eye(4))
+    points = np.array([[20.5, 18.5, 21.5], [10.5, 30.5, 12.5]])  # patch centres lie between voxels
+    mirrored_points = points * [1, 1, -1] + [0, 0, 39]
+    eight = Detector(dataclasses.replace(detector.card, inference_flips=8), detector.model)
+    a = eight.score_candidates(grid, points)
+    b = eight.score_candidates(mirrored, mirrored_points)
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.diameter_mm, b.diameter_mm, rtol=1e-4)
+    np.testing.assert_allclose(a.centres_lps_mm, b.centres_lps_mm * [1, 1, -1] + [0, 0, 39], atol=1e-3)
+    one = Detector(dataclasses.replace(detector.card, inference_flips=1), detector.model)
+    assert not np.allclose(one.score_candidates(grid, points).score, one.score_candidates(mirrored, mirrored_points).score,
+                           rtol=1e-4, atol=1e-5), "without averaging the network is not mirror-symmetric"
+
+
+def test_card_refuses_an_unknown_number_of_flips(tmp_path: Path) -> None:
+    shutil.copytree(MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("checkpoints"))
+    card = tmp_path / "m" / "model.toml"
+    card.write_text(card.read_text() + "\n[inference]\nflips = 3\n")
+    with pytest.raises(ModelError, match="flips must be 1, 2, 4 or 8"):
+        Detector.load(tmp_path / "m")
