@@ -1,8 +1,9 @@
 """Which series of a study to analyse, and why the others were left out.
 
 The gate works on headers only (no pixel data): CT, axial, enough slices, a slice
-spacing within limits, one consistent geometry, no localizers or non-image objects,
-no gantry tilt, no missing slices.  Among the series that pass, thinner slices win.
+spacing within limits, one consistent geometry, no non-image objects, no gantry tilt,
+no missing slices.  Localizer images are left out of a series (a series of localizers
+only is rejected).  Among the series that pass, thinner slices win.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset
+from pydicom.errors import BytesLengthException
+from pydicom.multival import MultiValue
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 #: Body parts that are clearly not a chest CT (others, and an empty value, pass).
@@ -20,6 +23,8 @@ NOT_CHEST = {"HEAD", "BRAIN", "SKULL", "NECK", "PELVIS", "KNEE", "ANKLE", "FOOT"
              "SHOULDER", "HIP", "LSPINE", "CSPINE", "EXTREMITY", "LEG", "ARM"}
 _AXIAL_COS = 0.95  # the slice normal within about 18 degrees of the patient's S axis
 _GAP_FACTOR = 1.5
+#: What pydicom raises converting an attribute it cannot decode: an unknown VR, a value of the wrong length.
+_UNDECODABLE = (NotImplementedError, BytesLengthException)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,26 @@ def _vector(ds: Dataset, keyword: str, length: int) -> np.ndarray | None:
     return vector if vector.shape == (length,) and np.all(np.isfinite(vector)) else None
 
 
+def _number(ds: Dataset, keyword: str) -> float | None:
+    """A single finite number; 0 when absent or empty, ``None`` when not one number."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _strings(ds: Dataset, keyword: str) -> list[str]:
+    """The values of a multi-valued text attribute, upper case (one value is a list of one)."""
+    value = ds.get(keyword)
+    if value is None:
+        return []
+    return [str(v).upper() for v in value] if isinstance(value, MultiValue) else [str(value).upper()]
+
+
 def check_series(
     series_uid: str,
     headers: Sequence[tuple[Path, Dataset]],
@@ -58,6 +83,16 @@ def check_series(
     max_slice_spacing_mm: float = 3.0,
 ) -> SeriesChoice | Rejection:
     """Pass or reject one series from its headers; see the module docstring."""
+    try:
+        return _check_series(series_uid, headers, min_slices, max_slice_spacing_mm)
+    except _UNDECODABLE:
+        reason = "header attributes cannot be decoded (unknown VR or a value of the wrong length)"
+        return Rejection(series_uid, "", reason)
+
+
+def _check_series(
+    series_uid: str, headers: Sequence[tuple[Path, Dataset]], min_slices: int, max_slice_spacing_mm: float
+) -> SeriesChoice | Rejection:
     first = headers[0][1]
     description = str(first.get("SeriesDescription", "") or "")
     modality = str(first.get("Modality", "") or "")
@@ -69,8 +104,10 @@ def check_series(
         return reject(f"modality {modality or 'unknown'} is not CT")
     if any(str(ds.get("SOPClassUID", "")) != CT_IMAGE_STORAGE for _, ds in headers):
         return reject("not all instances are single-frame CT images (CT Image Storage)")
-    if any("LOCALIZER" in [str(t).upper() for t in (ds.get("ImageType") or [])] for _, ds in headers):
+    axial = [(path, ds) for path, ds in headers if "LOCALIZER" not in _strings(ds, "ImageType")]
+    if not axial:
         return reject("localizer (scout) images")
+    headers, first = axial, axial[0][1]  # a scout stored in the axial series is left out
     body_part = str(first.get("BodyPartExamined", "") or "").upper()
     if body_part in NOT_CHEST:
         return reject(f"body part {body_part} is not chest")
@@ -82,14 +119,19 @@ def check_series(
         return reject("image position or orientation missing")
     if any(not np.allclose(o, orientations[0], atol=1e-3) for o in orientations):
         return reject("slices have different orientations")
-    grids = {(ds.get("Rows"), ds.get("Columns"), tuple(float(v) for v in ds.get("PixelSpacing") or ())) for _, ds in headers}
+    spacings = [_vector(ds, "PixelSpacing", 2) for _, ds in headers]
+    if any(s is None or np.any(s <= 0) for s in spacings):
+        return reject("pixel spacing missing or invalid")
+    grids = {(ds.get("Rows"), ds.get("Columns"), tuple(s)) for (_, ds), s in zip(headers, spacings, strict=True)}
     if len(grids) != 1:
         return reject("slices have different sizes or pixel spacings")
     row, column = orientations[0][:3], orientations[0][3:]
     normal = np.cross(row, column)
     if abs(normal[2]) < _AXIAL_COS:
         return reject("not axial: the slice normal is more than 18 degrees from the patient's axis")
-    tilt = float(first.get("GantryDetectorTilt", 0) or 0)
+    tilt = _number(first, "GantryDetectorTilt")
+    if tilt is None:
+        return reject("gantry tilt is not one number")
     if abs(tilt) > 0.5:
         return reject(f"gantry tilt of {tilt:.1f} degrees is not supported")
     along = np.array([float(np.dot(p, normal)) for p in positions])

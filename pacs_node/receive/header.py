@@ -32,11 +32,13 @@ TAGS: dict[int, str] = {
 LAST_TAG = 0x00200013
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_SHORT_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"PN", b"SH",
+              b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
 class _Truncated(Exception):
-    pass
+    """The data ends inside an element, or an element cannot be read without guessing."""
 
 
 class _Reader:
@@ -61,6 +63,8 @@ class _Reader:
                 raise _Truncated
             (length,) = struct.unpack_from(order + "I", data, offset + 8)
             return tag, vr, length, offset + 12
+        if vr not in _SHORT_VRS:
+            raise _Truncated  # an unknown VR: whether its length has 2 or 4 bytes is a guess
         (length,) = struct.unpack_from(order + "H", data, offset + 6)
         return tag, vr, length, offset + 8
 
@@ -80,7 +84,7 @@ def read_header(data: bytes | bytearray, offset: int, implicit: bool, little: bo
     """Raw values of :data:`TAGS` from the data set starting at ``offset``.
 
     Returns ``None`` when ``data`` ends before (0020,0013) is passed, or the encoding
-    does not parse.
+    does not parse (an unknown explicit VR included); it raises nothing else.
     """
     reader = _Reader(data, implicit, little)
     found: dict[str, bytes] = {}

@@ -10,9 +10,10 @@ import dataclasses
 import functools
 import logging
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.filereader import read_partial
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -82,6 +83,11 @@ def _header_values(partial: PartialFile, transfer_syntax: str) -> dict[str, str]
     return {keyword: str(ds.get(keyword) or "").strip() for keyword in HEADER_TAGS.values()}
 
 
+#: What pydicom raises on a data set it cannot parse (an unknown VR raises NotImplementedError).
+_UNPARSEABLE = (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, OSError, LookupError,
+                NotImplementedError, BytesLengthException, struct.error, zlib.error)
+
+
 def _int(value: str) -> int | None:
     try:
         return int(value) if value else None
@@ -99,7 +105,7 @@ def read_header(partial: PartialFile, request: Request, transfer_syntax: str, ca
         series = validate_uid(values.get("SeriesInstanceUID", ""), "SeriesInstanceUID")
     except InvalidUID as exc:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, str(exc)) from exc
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, OSError, LookupError) as exc:
+    except _UNPARSEABLE as exc:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, "data set cannot be parsed") from exc
     if sop_instance != request.sop_instance_uid:
         raise InvalidInstance(Status.DATASET_MISMATCH, "SOPInstanceUID differs from the C-STORE request")

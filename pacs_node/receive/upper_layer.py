@@ -185,6 +185,9 @@ def negotiate(
         if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
     }
     proposed = request.presentation_context_definition_list
+    for context in proposed:  # PS3.8 9.3.2.2: one abstract syntax, one or more transfer syntaxes
+        if context.abstract_syntax is None or not context.transfer_syntax:
+            raise ProtocolError(f"presentation context {context.context_id} lacks an abstract or transfer syntax")
     accepted, role_items = negotiate_as_acceptor(proposed, _in_requestor_order(proposed, contexts), roles or None)
     agreed = {
         cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
