@@ -45,6 +45,48 @@ class AllowedCaller(_Section):
     _ae = field_validator("ae_title")(_check_ae_title)
 
 
+TLSVersion = Literal["1.2", "1.3"]
+
+
+class NodeTLS(_Section):
+    """DICOM TLS on the listener (see docs/tls.md): with it, the port speaks TLS only."""
+
+    cert_file: Path
+    key_file: Path
+    #: CA certificates that sign the callers' client certificates.
+    ca_file: Path | None = None
+    require_client_cert: bool = True
+    min_version: TLSVersion = "1.2"
+
+    @model_validator(mode="after")
+    def _usable(self) -> NodeTLS:
+        from pacs_node.tls import server_context
+
+        server_context(self)  # TLSConfigError (a ValueError) names the file and what is wrong
+        return self
+
+
+class DestinationTLS(_Section):
+    """DICOM TLS towards a destination; its certificate is verified unless ``verify = false``."""
+
+    #: CA certificates to verify the destination with (default: the system's trusted CAs).
+    ca_file: Path | None = None
+    #: Our client certificate and key, for destinations that require one.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: The name its certificate must carry (default: ``host``).
+    server_hostname: str | None = None
+    verify: bool = True
+    min_version: TLSVersion = "1.2"
+
+    @model_validator(mode="after")
+    def _usable(self) -> DestinationTLS:
+        from pacs_node.tls import client_context
+
+        client_context(self)
+        return self
+
+
 class NodeConfig(_Section):
     """The DICOM listener: who we are and whom we accept."""
 
@@ -66,6 +108,8 @@ class NodeConfig(_Section):
     allowed_callers: list[AllowedCaller] = Field(default_factory=list)
     #: Seconds a running association gets to finish after SIGTERM before it is aborted.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    #: DICOM TLS; when set, the listener accepts TLS connections only.
+    tls: NodeTLS | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -75,8 +119,12 @@ class StorageConfig(_Section):
 
     spool_dir: Path = Path("../var/spool")
     database_url: str = "sqlite:///../var/pacs-node.db"
-    #: A C-STORE is refused with "out of resources" when less than this is free.
+    #: A C-STORE is refused with "out of resources", and jobs wait, when less than this is free (0: off).
     min_free_mb: int = Field(default=1024, ge=0)
+    #: A WARNING is logged (once per crossing) when less than this is free (0: off).
+    warn_free_mb: int = Field(default=4096, ge=0)
+    #: How often the spool's free space is checked for the warning.
+    space_check_interval_s: float = Field(default=30.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -113,6 +161,7 @@ class Destination(_Section):
     port: Port
     #: "sr": the TID 1500 structured report; "key_image": the Secondary Capture key images.
     objects: list[Literal["sr", "key_image"]] = Field(default_factory=lambda: ["sr", "key_image"], min_length=1)
+    tls: DestinationTLS | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -153,9 +202,14 @@ class AnalysisConfig(_Section):
 
 
 class RetentionConfig(_Section):
-    """How long received files are kept."""
+    """How long received files are kept once a study is finished (rows are kept for audit)."""
 
+    enabled: bool = True
+    #: Days (fractions allowed) after the last job finished and every delivery settled.
     keep_days: float = Field(default=3.0, ge=0)
+    #: Keep our SR and key-image files (small; ``pacs-node resend`` needs them).
+    keep_reports: bool = True
+    sweep_interval_s: float = Field(default=300.0, gt=0)
 
 
 class LoggingConfig(_Section):
@@ -204,7 +258,20 @@ def _format_errors(path: Path, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _resolve_tls_files(table: object, base: Path) -> object:
+    if not isinstance(table, dict) or not isinstance(table.get("tls"), dict):
+        return table
+    tls = {
+        key: str((base / value).resolve()) if key in ("cert_file", "key_file", "ca_file") and isinstance(value, str) else value
+        for key, value in table["tls"].items()
+    }
+    return {**table, "tls": tls}
+
+
 def _resolve_paths(raw: dict, base: Path) -> dict:
+    raw = {**raw, "node": _resolve_tls_files(raw.get("node", {}), base)}
+    if isinstance(raw.get("destinations"), list):
+        raw["destinations"] = [_resolve_tls_files(item, base) for item in raw["destinations"]]
     analysis = dict(raw.get("analysis", {}))
     models = Path(analysis.get("models_dir", str(AnalysisConfig().models_dir)))
     analysis["models_dir"] = str(models if models.is_absolute() else (base / models).resolve())

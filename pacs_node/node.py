@@ -9,8 +9,9 @@ import threading
 
 from pacs_node.analyze.passthrough import record_series_for_analysis
 from pacs_node.config import Settings, redacted_database_url
-from pacs_node.db import queue
+from pacs_node.db import deliveries, queue
 from pacs_node.db.engine import make_engine, upgrade
+from pacs_node.housekeeping import DiskGuard, Retention
 from pacs_node.receive.processes import ReceiverProcesses
 from pacs_node.receive.server import AssociationSlots, open_listener
 from pacs_node.receive.service import build_receiver
@@ -43,9 +44,18 @@ class Node:
         removed = Spool(settings.storage.spool_dir, node_name=settings.node.name).clean_incoming()
         if removed:
             log.warning("event=partial_files_removed count=%d reason=unacknowledged at last stop", removed)
+        storage = settings.storage
+        self.guard = DiskGuard(storage.spool_dir, storage.min_free_mb, storage.warn_free_mb)
+        self.retention = (Retention(self.engine, storage.spool_dir, settings.node.name, settings.retention)
+                          if settings.retention.enabled else None)
+        if self.retention is not None:
+            self.retention.recover()
         requeued = queue.requeue_abandoned(self.engine, worker=settings.node.name)
         if requeued:
             log.warning("event=jobs_requeued count=%d reason=running at last stop", requeued)
+        resumed = deliveries.requeue_abandoned(self.engine, worker=settings.node.name)
+        if resumed:
+            log.warning("event=deliveries_requeued count=%d reason=sending at last stop", resumed)
         node = settings.node
         listener = open_listener(node.bind_address, node.port)
         counts = multiprocessing.get_context("spawn").Array("i", node.receive_processes)
@@ -54,12 +64,13 @@ class Node:
         worker_settings = settings.worker
         self.worker = (
             Worker(self.engine, node.name, runner, worker_settings.lease_s, worker_settings.max_attempts,
-                   settings.destinations)
+                   settings.destinations, has_room=self.guard.has_room)
             if worker_settings.enabled
             else None
         )
         self.dispatcher = Dispatcher(self.engine, settings) if settings.destinations else None
-        self.scheduler = build_scheduler(settings, self.engine, self.worker, self.dispatcher)
+        self.scheduler = build_scheduler(settings, self.engine, self.worker, self.dispatcher,
+                                         guard=self.guard, retention=self.retention)
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
         self.stopped = threading.Event()

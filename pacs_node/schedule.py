@@ -7,7 +7,9 @@ A tick that finds the database unavailable logs it and waits for the next one.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -16,18 +18,32 @@ from sqlalchemy.exc import OperationalError
 
 from pacs_node.config import Settings
 from pacs_node.db import queue
+from pacs_node.housekeeping import DiskGuard, Retention
 from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import Worker
 
 log = logging.getLogger(__name__)
 
 
+#: While the database stays unavailable, each timer repeats its error at most this often.
+_REPEAT_ERROR_S = 60.0
+
+
 def _guarded(task: str, action: Callable[[], None]) -> Callable[[], None]:
+    logged_at: list[float] = []  # when this outage was last logged; empty while the database answers
+
     def tick() -> None:
         try:
             action()
         except OperationalError as exc:
-            log.error("event=%s_failed reason=database unavailable error=%s", task, type(exc.orig).__name__)
+            now = time.monotonic()
+            if not logged_at or now - logged_at[0] >= _REPEAT_ERROR_S:
+                log.error("event=%s_failed reason=database unavailable error=%s", task, type(exc.orig).__name__)
+                logged_at[:] = [now]
+            return
+        if logged_at:
+            logged_at.clear()
+            log.info("event=%s_resumed reason=database available", task)
 
     return tick
 
@@ -54,9 +70,11 @@ def _recover(engine: Engine) -> None:
 
 
 def build_scheduler(
-    settings: Settings, engine: Engine, worker: Worker | None, dispatcher: Dispatcher | None = None
+    settings: Settings, engine: Engine, worker: Worker | None, dispatcher: Dispatcher | None = None,
+    guard: DiskGuard | None = None, retention: Retention | None = None,
 ) -> BackgroundScheduler:
-    """A scheduler with the completion sweep, the worker's dispatch and the sender, when given."""
+    """A scheduler with the completion sweep, and the worker's dispatch, the sender, the
+    free-space check and the retention sweep when given (the last two run at start too)."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "misfire_grace_time": 30})
     quiet = settings.completion.quiet_period_s
     scheduler.add_job(_guarded("sweep", lambda: _sweep(engine, quiet)), "interval",
@@ -73,4 +91,12 @@ def build_scheduler(
                           seconds=sending.poll_interval_s, id="deliveries")
         scheduler.add_job(_guarded("probe", dispatcher.probe), "interval",
                           seconds=min(sending.probe_interval_s, 10.0), id="destination-probes")
+    now = dt.datetime.now(dt.timezone.utc)
+    if guard is not None:
+        scheduler.add_job(guard.check, "interval", seconds=settings.storage.space_check_interval_s,
+                          id="space-check", next_run_time=now, max_instances=1)
+    if retention is not None:
+        scheduler.add_job(_guarded("retention", retention.sweep), "interval",
+                          seconds=settings.retention.sweep_interval_s, id="retention", next_run_time=now,
+                          max_instances=1)
     return scheduler

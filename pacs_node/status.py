@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 from sqlalchemy import Engine, Row, func, select
 
+from pacs_node.config import StorageConfig
 from pacs_node.db.models import Delivery, DeliveryState, DestinationHealth, Instance, Job, JobState, Series, Study
+from pacs_node.db.retention import spool_usage
 
 
 def _job_summary(job: Row | None) -> str:
@@ -26,13 +29,41 @@ def _job_summary(job: Row | None) -> str:
     return summary
 
 
-def render_status(engine: Engine, limit: int = 20) -> str:
-    """A table of the ``limit`` most recently received studies (no patient data)."""
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024:
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TB"
+
+
+def _spool_lines(engine: Engine, storage: StorageConfig | None) -> list[str]:
+    usage = spool_usage(engine)
+    lines = []
+    if storage is not None:
+        try:
+            free = _size(shutil.disk_usage(storage.spool_dir).free)
+        except OSError:
+            free = "unknown (spool folder missing)"
+        warn = f"warn below {storage.warn_free_mb} MB" if storage.warn_free_mb else "no warning level"
+        refuse = (f"C-STORE refused and jobs wait below {storage.min_free_mb} MB" if storage.min_free_mb
+                  else "no free-space minimum")
+        lines.append(f"spool: {free} free ({warn}, {refuse})")
+    lines.append(f"received files: {usage.instances} instances, {_size(usage.instance_bytes)} used; "
+                 f"retention purged {usage.purged_studies} studies ({usage.purged_instances} files, "
+                 f"{_size(usage.purged_bytes)})")
+    return lines
+
+
+def render_status(engine: Engine, limit: int = 20, storage: StorageConfig | None = None) -> str:
+    """A table of the ``limit`` most recently received studies (no patient data), after the
+    spool's free space (with ``storage``) and what it holds."""
     with engine.connect() as connection:
         studies = connection.execute(
             select(
                 Study.id,
                 Study.state,
+                Study.purged_at,
                 Study.last_received_at,
                 func.count(func.distinct(Series.id)).label("series"),
                 func.count(Instance.id).label("instances"),
@@ -51,6 +82,7 @@ def render_status(engine: Engine, limit: int = 20) -> str:
         }
         counts = dict(connection.execute(select(Job.state, func.count()).group_by(Job.state)).all())
     lines = [
+        *_spool_lines(engine, storage),
         "jobs: " + (", ".join(f"{state.value}={count}" for state, count in sorted(counts.items())) or "none"),
         "",
         f"{'study':>6}  {'state':<10} {'series':>6} {'instances':>9}  {'last received (UTC)':<19}  latest job",
@@ -58,7 +90,7 @@ def render_status(engine: Engine, limit: int = 20) -> str:
     for study in studies:
         received = study.last_received_at.strftime("%Y-%m-%d %H:%M:%S") if study.last_received_at else "-"
         lines.append(
-            f"{study.id:>6}  {study.state.value:<10} {study.series:>6} {study.instances:>9}  {received:<19}  "
+            f"{study.id:>6}  {'purged' if study.purged_at else study.state.value:<10} {study.series:>6} {study.instances:>9}  {received:<19}  "
             f"{_job_summary(jobs.get(study.id))}"
         )
     if not studies:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import OperationalError
 
 from pacs_node.config import Destination
 from pacs_node.db import queue
@@ -45,19 +46,27 @@ class Worker:
         lease_s: float,
         max_attempts: int,
         destinations: Sequence[Destination] = (),
+        has_room: Callable[[], bool] | None = None,
     ) -> None:
         self.engine = engine
+        #: Asked before each claim: ``False`` while the spool is below its free-space minimum.
+        self.has_room = has_room
+        self._deferring = False
         self.destinations = destinations
         self.node_name = node_name
         self.runner = runner
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.stopping = threading.Event()
+        #: Jobs this worker holds that the database went away under; re-queued once it is back.
+        self._interrupted: set[int] = set()
+        self._interrupted_lock = threading.Lock()
 
     def run_once(self) -> int | None:
         """Claim and run one job; returns its id, or ``None`` when the queue was empty."""
-        if self.stopping.is_set():
+        if self.stopping.is_set() or not self._room_for_reports():
             return None
+        self._requeue_interrupted()  # raises while the database is still unavailable
         job = queue.claim_job(self.engine, self.node_name, self.lease_s, self.max_attempts)
         if job is None:
             return None
@@ -73,6 +82,9 @@ class Worker:
         renewer.start()
         try:
             outcome = self.runner(self.engine, job)
+        except OperationalError:
+            renewer.stop()
+            return self._interrupt(job)
         except Exception as exc:
             renewer.stop()
             log.exception("event=job_failed job=%d study=%d", job.id, job.study_pk)
@@ -80,12 +92,47 @@ class Worker:
             return job.id
         renewer.stop()
         result = {**outcome.result, "seconds": round(time.monotonic() - started, 3)}
-        if queue.finish_job(self.engine, job.id, self.node_name, JobState.DONE, result=result,
-                            objects=outcome.objects, destinations=self.destinations):
+        try:
+            finished = queue.finish_job(self.engine, job.id, self.node_name, JobState.DONE, result=result,
+                                        objects=outcome.objects, destinations=self.destinations)
+        except OperationalError:
+            return self._interrupt(job)  # nothing recorded: the job runs again, its files unreferenced
+        if finished:
             log.info("event=job_done job=%d study=%d step=%s seconds=%.3f", job.id, job.study_pk, result.get("step"), result["seconds"])
         else:
             log.warning("event=job_lost job=%d study=%d reason=lease taken over", job.id, job.study_pk)
         return job.id
+
+    def _interrupt(self, job: queue.ClaimedJob) -> int:
+        """The database failed under a running job: queue it again (now, or once the database is back)."""
+        log.error("event=job_interrupted job=%d study=%d reason=database unavailable", job.id, job.study_pk)
+        with self._interrupted_lock:
+            self._interrupted.add(job.id)
+        try:
+            self._requeue_interrupted()
+        except OperationalError:
+            pass  # the next tick tries again
+        return job.id
+
+    def _requeue_interrupted(self) -> None:
+        with self._interrupted_lock:
+            pending = sorted(self._interrupted)
+        for job_id in pending:
+            if queue.release_job(self.engine, job_id, self.node_name):
+                log.info("event=job_requeued job=%d reason=interrupted by database outage", job_id)
+            with self._interrupted_lock:
+                self._interrupted.discard(job_id)
+
+    def _room_for_reports(self) -> bool:
+        """Whether to claim now; logs once when jobs start and stop waiting for disk space."""
+        room = self.has_room is None or self.has_room()
+        if room == self._deferring:
+            self._deferring = not room
+            if room:
+                log.info("event=jobs_resumed reason=spool free space above min_free_mb")
+            else:
+                log.warning("event=jobs_deferred reason=spool free space below min_free_mb")
+        return room
 
 
 class _LeaseRenewer:
@@ -102,7 +149,10 @@ class _LeaseRenewer:
 
     def _run(self) -> None:
         while not self._done.wait(self.worker.lease_s / 3):
-            queue.renew_lease(self.worker.engine, self.job_id, self.worker.node_name, self.worker.lease_s)
+            try:
+                queue.renew_lease(self.worker.engine, self.job_id, self.worker.node_name, self.worker.lease_s)
+            except OperationalError:  # a database outage must not end the renewals of a running job
+                log.warning("event=lease_renewal_failed job=%d reason=database unavailable", self.job_id)
 
     def stop(self) -> None:
         self._done.set()

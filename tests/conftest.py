@@ -110,6 +110,13 @@ class RunningNode:
         return self.log.read_text()
 
 
+def _inline_table(values: dict) -> str:
+    """A TOML inline table (e.g. ``tls = {cert_file = "...", verify = true}``)."""
+    def value(v: object) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else f'"{v}"'
+    return "{" + ", ".join(f"{k} = {value(v)}" for k, v in values.items()) + "}"
+
+
 def write_config(folder: Path, port: int, database_url: str, **sections: dict) -> Path:
     """A node configuration for tests: fast completion and dispatch."""
     defaults = {
@@ -128,7 +135,10 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
     for name, items in tables.items():
         for item in items:
             lines.append(f"[[{name}]]")
-            lines.extend(f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"' for k, v in item.items())
+            lines.extend(
+                f"{k} = {_inline_table(v)}" if isinstance(v, dict) else f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"'
+                for k, v in item.items()
+            )
     for name, values in defaults.items():
         lines.append(f"[{name}]")
         for key, value in values.items():
@@ -138,6 +148,8 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
                 lines.append(f"{key} = {value}")
             elif isinstance(value, list):
                 continue
+            elif isinstance(value, dict):
+                lines.append(f"{key} = {_inline_table(value)}")
             else:
                 lines.append(f'{key} = "{value}"')
         for key, value in values.items():

@@ -20,6 +20,9 @@ class Orthanc:
     dicom_port: int
     http_port: int
     ae_title: str = "ORTHANC"
+    #: DICOM TLS on ``dicom_port``: (certificate, private key, CA certificates that sign the
+    #: callers' certificates); callers must present a certificate.
+    tls: tuple[Path, Path, Path] | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 30) -> None:
@@ -38,6 +41,15 @@ class Orthanc:
             "StableAge": 1,
             "ConcurrentJobs": 1,
         }
+        if self.tls is not None:
+            certificate, key, trusted = self.tls
+            config |= {
+                "DicomTlsEnabled": True,
+                "DicomTlsCertificate": str(certificate),
+                "DicomTlsPrivateKey": str(key),
+                "DicomTlsTrustedCertificates": str(trusted),
+                "DicomTlsRemoteCertificateRequired": True,
+            }
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))

@@ -25,7 +25,7 @@ def record_series_for_analysis(engine: Engine, job: ClaimedJob) -> JobOutcome:
         rows = connection.execute(
             select(Series.series_uid, Series.modality, func.count(Instance.id).label("instances"))
             .join(Instance, Instance.series_pk == Series.id)
-            .where(Series.study_pk == study_pk)
+            .where(Series.study_pk == study_pk, Instance.purged_at.is_(None))  # files kept
             .group_by(Series.id)
         ).all()
     ct = [row for row in rows if row.modality == "CT"]

@@ -63,7 +63,7 @@ def _study_series(engine: Engine, spool_root: Path, study_pk: int) -> tuple[str,
         rows = connection.execute(
             select(Series.series_uid, Instance.path)
             .join(Instance, Instance.series_pk == Series.id)
-            .where(Series.study_pk == study_pk)
+            .where(Series.study_pk == study_pk, Instance.purged_at.is_(None))  # files retention kept
             .order_by(Series.id, Instance.id)
         ).all()
     grouped: dict[str, list[tuple[Path, Dataset]]] = {}
@@ -115,6 +115,13 @@ class Analysis:
                 summaries.append(summary)
         finally:
             spool.close()
+        if not any(s["outcome"] == "analysed" for s in summaries):  # e.g. no pixel data: the SRs say not analysable
+            reason = "; ".join(s["outcome"].removeprefix("not analysable: ") for s in summaries)
+            log.info("event=study_not_analysable reason=%r", reason)
+            return JobOutcome({"step": "analysis", "analysis_performed": False, "outcome": "not analysable",
+                               "reason": reason, "series": summaries,
+                               "rejected_series": [{"series_uid": r.series_uid, "reason": r.reason} for r in rejected],
+                               "timings_s": {k: round(v, 3) for k, v in timings.items()}}, objects)
         return JobOutcome(
             {
                 "step": "analysis",

@@ -8,6 +8,7 @@ that destination's deliveries wait and only C-ECHO probes run.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from pacs_node.db.models import (
     Study,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 #: A delivery claimed this long ago without an outcome (its sender died) is due again.
 SENDING_LEASE_S = 600.0
@@ -135,6 +138,21 @@ def claim_delivery(engine: Engine, worker: str) -> ClaimedDelivery | None:
     return ClaimedDelivery(row.id, row.job_pk, row.destination, kinds, row.attempts)
 
 
+def requeue_abandoned(engine: Engine, worker: str) -> int:
+    """Make deliveries that ``worker`` was sending when it stopped (it restarted) due now.
+
+    Without this they would wait out :data:`SENDING_LEASE_S`.  Objects that reached the
+    destination before the stop are sent again with the same UIDs.  Returns how many.
+    """
+    with engine.begin() as connection:
+        return connection.execute(
+            update(Delivery)
+            .where(Delivery.state == DeliveryState.SENDING, Delivery.claimed_by == worker)
+            .values(state=DeliveryState.PENDING, claimed_by=None, lease_expires_at=None, next_attempt_at=utcnow(),
+                    last_error="interrupted: the node stopped while sending")
+        ).rowcount
+
+
 def retry_delay_s(attempt: int, sending: SendingConfig, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: first_retry_s * 2^(attempt-1), capped, varied."""
     base = min(sending.max_retry_s, sending.first_retry_s * 2 ** max(0, attempt - 1))
@@ -187,6 +205,8 @@ def _update_health(connection: Connection, name: str, failure: FailureKind | Non
     else:
         failures = health.consecutive_failures
     if failure != FailureKind.TRANSIENT:
+        if health is not None and health.open_since is not None:
+            log.info("event=destination_resumed destination=%s reason=delivery answered", name)
         connection.execute(
             update(DestinationHealth)
             .where(DestinationHealth.name == name)
@@ -196,6 +216,9 @@ def _update_health(connection: Connection, name: str, failure: FailureKind | Non
         return
     failures += 1
     opening = failures >= sending.breaker_failures
+    if opening and (health is None or health.open_since is None):
+        log.warning("event=destination_paused destination=%s failures=%d reason=%r probe=C-ECHO probe_interval_s=%g",
+                    name, failures, reason, sending.probe_interval_s)
     connection.execute(
         update(DestinationHealth)
         .where(DestinationHealth.name == name)
@@ -225,6 +248,7 @@ def record_probe(engine: Engine, name: str, answered: bool, sending: SendingConf
     now = utcnow()
     with engine.begin() as connection:
         if answered:
+            log.info("event=destination_resumed destination=%s reason=C-ECHO probe answered", name)
             connection.execute(
                 update(DestinationHealth)
                 .where(DestinationHealth.name == name)

@@ -66,7 +66,14 @@ class InstanceRecorder:
         self._touch_study = (
             update(Study.__table__)
             .where(Study.__table__.c.id == bindparam("study_pk"))
-            .values(last_received_at=bindparam("now"), state=StudyState.RECEIVING.value)
+            .values(last_received_at=bindparam("now"), state=StudyState.RECEIVING.value, purged_at=None)
+        )
+        # An instance whose file retention deleted is stored again: its row comes back.
+        self._revive_instance = (
+            update(instances)
+            .where(instances.c.sop_instance_uid == bindparam("sop"), instances.c.purged_at.is_not(None))
+            .values(purged_at=None, path=bindparam("path"), size_bytes=bindparam("size"),
+                    transfer_syntax_uid=bindparam("syntax"), calling_ae=bindparam("ae"), received_at=bindparam("now"))
         )
         self._series_ids: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._touched: dict[int, float] = {}
@@ -77,10 +84,10 @@ class InstanceRecorder:
         self._connections: list[Connection] = []
 
     def is_stored(self, sop_instance_uid: str) -> str | None:
-        """The spool path of an instance already stored, or ``None``."""
+        """The spool path of an instance already stored (and not purged), or ``None``."""
         with self.engine.connect() as connection:
             return connection.scalar(
-                select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid)
+                select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid, Instance.purged_at.is_(None))
             )
 
     def record(self, instance: ReceivedInstance) -> bool:
@@ -88,7 +95,8 @@ class InstanceRecorder:
 
         A new instance marks its study as receiving again and moves its last-received
         time, which is what the completion sweep watches (at most every
-        :data:`TOUCH_INTERVAL_S` per study and process).
+        :data:`TOUCH_INTERVAL_S` per study and process).  An instance whose file
+        retention deleted counts as new: its row is revived and its study re-opened.
         """
         connection = self._connection()
         try:
@@ -145,7 +153,14 @@ class InstanceRecorder:
             },
         ).scalar()
         if row_id is None:
-            return False
+            revived = connection.execute(self._revive_instance, {
+                "sop": instance.sop_instance_uid, "path": instance.relative_path, "size": instance.size_bytes,
+                "syntax": instance.transfer_syntax_uid, "ae": instance.calling_ae, "now": now,
+            }).rowcount
+            if not revived:
+                return False
+            connection.execute(self._touch_study, {"study_pk": study_pk, "now": now})
+            return True
         if self._due_for_touch(study_pk):
             connection.execute(self._touch_study, {"study_pk": study_pk, "now": now})
         return True

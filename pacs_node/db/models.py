@@ -113,6 +113,8 @@ class Study(Base):
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    #: When retention deleted the study's received files; cleared when an instance arrives again.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -149,6 +151,8 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: When retention deleted the file (the row stays); ``None`` while the file is kept.
+    purged_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -216,6 +220,8 @@ class ReportObject(Base):
     #: Path relative to the spool directory.
     path: Mapped[str] = mapped_column(String(300))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: When retention deleted the file (``[retention] keep_reports = false``).
+    purged_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class DestinationHealth(Base):

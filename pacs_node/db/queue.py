@@ -155,6 +155,20 @@ def finish_job(
         return held
 
 
+def release_job(engine: Engine, job_id: int, worker: str) -> bool:
+    """Put a job that ``worker`` holds back in the queue (it was interrupted, not failed);
+    ``False`` if the worker no longer held it."""
+    with engine.begin() as connection:
+        return (
+            connection.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+                .values(state=JobState.QUEUED, claimed_by=None, lease_expires_at=None)
+            ).rowcount
+            == 1
+        )
+
+
 def requeue_abandoned(engine: Engine, worker: str | None = None) -> int:
     """Put running jobs back in the queue: those of ``worker`` (it restarted) and
     those of any worker whose lease ran out (it died).  Returns how many."""

@@ -42,13 +42,19 @@ def _receiver_main(
     from pacs_node.logs import configure_logging
     from pacs_node.receive.server import AssociationSlots
     from pacs_node.receive.service import build_receiver
+    from pacs_node.tls import TLSConfigError
 
     configure_logging(settings.logging.level, settings.logging.format)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     engine = make_engine(settings.storage.database_url)
-    receiver = build_receiver(settings, engine, listener, AssociationSlots(settings.node.max_associations, counts, index))
+    try:  # each process builds its own TLS context: an SSLContext cannot be pickled
+        receiver = build_receiver(settings, engine, listener, AssociationSlots(settings.node.max_associations, counts, index))
+    except TLSConfigError as exc:  # a certificate file changed since the node started
+        log.error("event=receiver_failed process=%d reason=%r", index, str(exc))
+        engine.dispose()
+        return
     receiver.start()
     log.info("event=receiver_started process=%d", index)
     while not stop.wait(1.0):

@@ -1,5 +1,10 @@
 """The storage SCP listener: accepts connections, one thread per association.
 
+With DICOM TLS each connection's handshake runs in its association thread under the ACSE
+timeout, so a slow or hostile client never holds up the accept loop; a connection whose
+handshake fails is closed and logged (``event=tls_handshake_failed``) without becoming an
+association.
+
 Extra associations beyond the configured limit are answered with an A-ASSOCIATE-RJ
 (transient, local limit exceeded) rather than left hanging.  On stop, the listener
 closes first; running associations get a grace period to finish, then are aborted
@@ -11,7 +16,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import multiprocessing
+import os
 import socket
+import ssl
 import threading
 import time
 from multiprocessing.sharedctypes import SynchronizedArray
@@ -19,6 +26,7 @@ from multiprocessing.sharedctypes import SynchronizedArray
 from pacs_node.receive import upper_layer as ul
 from pacs_node.receive.policy import AssociationPolicy
 from pacs_node.receive.scp import AssociationHandler, InstanceSink
+from pacs_node.tls import TLS_HANDSHAKE_RECORD, describe_failure, peer_subject
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +89,10 @@ class StorageServer:
         max_pdu: int = 262144,
         acse_timeout_s: float = 30.0,
         network_timeout_s: float = 120.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy
+        self.tls = tls
         self.sink = sink
         self.slots = slots
         self.max_pdu = max_pdu
@@ -133,21 +143,57 @@ class StorageServer:
         started = time.monotonic()
         with self._lock:
             self._active[serial] = conn
+        sock: socket.socket | None = conn
         try:
             conn.settimeout(self.acse_timeout_s)
-            outcome = self._associate_and_serve(conn, peer, serial)
+            if self.tls is not None:
+                sock = self._secure(conn, peer, serial)
+            if sock is None:
+                outcome = "no association: TLS handshake failed"
+            else:
+                outcome = self._associate_and_serve(sock, peer, serial)
         except Exception:  # never let one association take the listener down
             log.exception("event=association_error assoc=%d", serial)
             outcome = "error"
         finally:
             with self._lock:
-                self._active.pop(serial, None)
+                sock = self._active.pop(serial, conn)
                 self._threads.discard(threading.current_thread())
-            try:
-                conn.close()
-            except OSError:
-                pass
+            for opened in (sock, conn):  # conn is already closed when TLS wrapped it
+                try:
+                    opened.close()
+                except OSError:
+                    pass
         log.debug("event=association_closed assoc=%d outcome=%r seconds=%.2f", serial, outcome, time.monotonic() - started)
+
+    def _secure(self, conn: socket.socket, peer: str, serial: int) -> ssl.SSLSocket | None:
+        """The TLS handshake, under the ACSE timeout; ``None`` (and a WARNING) when it fails."""
+        assert self.tls is not None
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except OSError as exc:
+            log.debug("event=connection_lost_before_tls assoc=%d peer=%s error=%s", serial, peer, type(exc).__name__)
+            return None
+        if not first:  # a port check: connected and closed without a byte
+            log.debug("event=connection_closed_before_tls assoc=%d peer=%s", serial, peer)
+            return None
+        if first[0] != TLS_HANDSHAKE_RECORD:
+            reason = "plain DICOM, not TLS" if first[0] == ul.A_ASSOCIATE_RQ_TYPE else "not a TLS handshake"
+            log.warning("event=tls_handshake_failed assoc=%d peer=%s reason=%r", serial, peer, reason)
+            return None
+        try:
+            secure = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            with self._lock:
+                self._active[serial] = secure
+            secure.do_handshake()
+        except OSError as exc:  # ssl.SSLError and timeouts included
+            log.warning("event=tls_handshake_failed assoc=%d peer=%s reason=%r", serial, peer, describe_failure(exc))
+            return None
+        log.info(
+            "event=tls_established assoc=%d pid=%d peer=%s version=%s cipher=%s client_cert=%r",
+            serial, os.getpid(), peer, secure.version(), (secure.cipher() or ("-",))[0], peer_subject(secure),
+        )
+        return secure
 
     def _associate_and_serve(self, conn: socket.socket, peer: str, serial: int) -> str:
         """Read the A-ASSOCIATE-RQ, then hold a slot of the association limit until the end."""

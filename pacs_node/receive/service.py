@@ -13,6 +13,7 @@ from pacs_node.receive.policy import AssociationPolicy
 from pacs_node.receive.server import AssociationSlots, StorageServer
 from pacs_node.receive.spool import Spool
 from pacs_node.receive.store import SpoolingSink
+from pacs_node.tls import server_context
 
 
 @dataclass
@@ -46,5 +47,6 @@ def build_receiver(settings: Settings, engine: Engine, listener: socket.socket, 
         max_pdu=node.max_pdu_bytes,
         acse_timeout_s=node.acse_timeout_s,
         network_timeout_s=node.network_timeout_s,
+        tls=server_context(node.tls) if node.tls is not None else None,  # built in each receiver process
     )
     return Receiver(server, sink, spool)

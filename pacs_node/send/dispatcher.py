@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 
 from pacs_node.config import Settings
 from pacs_node.db import deliveries
@@ -29,23 +30,36 @@ class Dispatcher:
         self.spool_root = Path(settings.storage.spool_dir)
         self.worker = settings.node.name
         self.destinations = {d.name: d for d in settings.destinations}
+        #: A send whose outcome the database could not take yet; recorded before the next claim,
+        #: so a database outage never leaves a delivery 'sending'.
+        self._unrecorded: tuple[deliveries.ClaimedDelivery, SendOutcome] | None = None
 
     def run_once(self) -> int | None:
         """Send one due delivery; returns its id, or ``None`` when nothing is due."""
+        if self._unrecorded is not None:
+            self._record(*self._unrecorded)  # raises while the database is still unavailable
         claimed = deliveries.claim_delivery(self.engine, self.worker)
         if claimed is None:
             return None
-        outcome = self._send(claimed)
+        try:
+            outcome = self._send(claimed)
+        except OperationalError:
+            outcome = SendOutcome(0, FailureKind.TRANSIENT, "database unavailable")
+        self._unrecorded = (claimed, outcome)
+        self._record(claimed, outcome)
+        return claimed.id
+
+    def _record(self, claimed: deliveries.ClaimedDelivery, outcome: SendOutcome) -> None:
         state = deliveries.record_outcome(
             self.engine, claimed, self.worker, outcome.failure, outcome.reason, self.settings.sending
         )
+        self._unrecorded = None
         level = logging.INFO if outcome.failure is None else logging.WARNING
         log.log(
             level,
             "event=delivery_%s delivery=%d job=%d destination=%s attempt=%d objects=%d reason=%r",
             state.value, claimed.id, claimed.job_pk, claimed.destination, claimed.attempts, outcome.sent, outcome.reason,
         )
-        return claimed.id
 
     def _send(self, claimed: deliveries.ClaimedDelivery) -> SendOutcome:
         destination = self.destinations.get(claimed.destination)
@@ -71,7 +85,8 @@ class Dispatcher:
                 continue
             try:
                 c_echo(destination.ae_title, destination.host, destination.port,
-                       calling_ae=self.settings.node.ae_title, timeout_s=self.settings.sending.timeout_s)
+                       calling_ae=self.settings.node.ae_title, timeout_s=self.settings.sending.timeout_s,
+                       tls=destination.tls)
                 answered = True
             except EchoError:
                 answered = False

@@ -18,6 +18,7 @@ from pynetdicom import AE
 from pacs_node.config import Destination
 from pacs_node.db.models import FailureKind
 from pacs_node.send._tcp import NO_DELAY
+from pacs_node.tls import client_tls_args, tls_failure
 
 #: A-ASSOCIATE-RJ reasons (result permanent) that no retry will change.
 _PERMANENT_REJECTS = {(1, 1, 2), (1, 1, 3), (1, 1, 7), (1, 2, 2)}
@@ -48,14 +49,16 @@ def classify_status(status: int) -> FailureKind | None:
 
 
 def send_files(destination: Destination, paths: Sequence[Path], calling_ae: str, timeout_s: float) -> SendOutcome:
-    """Send ``paths`` over one association; stops at the first failure."""
+    """Send ``paths`` over one association (DICOM TLS when the destination has ``tls``); stops at
+    the first failure."""
     datasets = [dcmread(path) for path in paths]
+    tls_args = client_tls_args(destination.tls, destination.host)
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(
-        destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=NO_DELAY
+        destination.host, destination.port, ae_title=destination.ae_title, evt_handlers=NO_DELAY, tls_args=tls_args
     )
     if assoc.is_rejected:
         rejection = assoc.acceptor.primitive
@@ -63,6 +66,9 @@ def send_files(destination: Destination, paths: Sequence[Path], calling_ae: str,
         kind = FailureKind.PERMANENT if triple in _PERMANENT_REJECTS else FailureKind.TRANSIENT
         return SendOutcome(0, kind, f"association rejected (result {triple[0]}, source {triple[1]}, reason {triple[2]})")
     if not assoc.is_established:
+        failure = tls_failure(tls_args)
+        if failure:
+            return SendOutcome(0, FailureKind.TRANSIENT, f"no association: TLS failed: {failure}")
         return SendOutcome(0, FailureKind.TRANSIENT, "no association: connection refused, timed out or aborted")
     sent = 0
     try:

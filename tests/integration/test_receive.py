@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -158,54 +157,6 @@ def test_extra_associations_are_rejected_not_hung(node_factory, ct_series) -> No
     finally:
         held.release()
     assert storescu(node.port, ct_series[0]).returncode == 0
-
-
-def _acknowledged(storescu_stderr: str) -> list[str]:
-    """Files storescu sent and got a success response for, from its -v log."""
-    acknowledged, current = [], None
-    for line in storescu_stderr.splitlines():
-        if match := re.match(r"I: Sending file: (.+)$", line):
-            current = match.group(1)
-        elif "Received Store Response (Success)" in line and current:
-            acknowledged.append(current)
-    return acknowledged
-
-
-def test_sigkill_mid_push_loses_no_acknowledged_instance(node_factory, tmp_path: Path) -> None:
-    series = make_series(tmp_path / "big", slices=400, size=128)
-    node = node_factory(folder=tmp_path / "node")
-    push = subprocess.Popen(
-        ["/usr/bin/storescu", "-v", "-aec", "PACS_NODE", "127.0.0.1", str(node.port), "+sd", str(series[0].parent)],
-        env=DCMTK_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    wait_until(lambda: _count(node, Instance) >= 40, timeout=60, interval=0.01)
-    receivers = _children(node.process.pid)
-    node.process.send_signal(signal.SIGKILL)
-    node.process.wait()
-    # as systemd does, restart only once every process of the node is gone
-    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), timeout=30)
-    _, stderr = push.communicate(timeout=60)
-    acknowledged = _acknowledged(stderr)
-    assert 40 <= len(acknowledged) < len(series), "the kill should land mid-push"
-    # every file visible in the spool is complete, whatever the kill interrupted
-    for path in _stored_files(node):
-        assert pydicom.dcmread(path).PixelData
-    restarted = node_factory(folder=tmp_path / "node", database_url=node.database_url, node={"port": node.port})
-    assert list((restarted.spool / "incoming").rglob("*.part")) == []
-    engine = create_engine(node.database_url)
-    with engine.connect() as connection:
-        rows = dict(connection.execute(select(Instance.sop_instance_uid, Instance.path)).all())
-    engine.dispose()
-    for path in acknowledged:
-        sent = pydicom.dcmread(path)
-        assert sent.SOPInstanceUID in rows, "an acknowledged instance has no row"
-        kept = pydicom.dcmread(restarted.spool / rows[sent.SOPInstanceUID])
-        assert kept.PixelData == sent.PixelData
-    # the scanner re-sends the whole series; the study completes and its job runs once
-    assert storescu(restarted.port, series[0].parent).returncode == 0
-    assert _count(restarted, Instance) == len(series)
-    done = wait_until(lambda: [j for j in _jobs(restarted) if j.state == JobState.DONE], timeout=30)
-    assert len(done) == 1
 
 
 def test_sigterm_stops_cleanly_and_queued_jobs_wait_for_next_start(node_factory, ct_series, tmp_path: Path) -> None:
