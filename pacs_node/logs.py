@@ -1,6 +1,6 @@
 """Logging set-up: one event per line on stdout, key=value or JSON.
 
-Messages are written as ``event=... key=value``; patient names and IDs are never
+Messages are written as ``event=... key=value``; patient names, IDs and UIDs are never
 logged above DEBUG.  Library loggers that can print data set contents at INFO or
 DEBUG are held at WARNING unless the node itself runs at DEBUG.
 """
@@ -11,7 +11,10 @@ import json
 import logging
 import sys
 
-_NOISY = ("pynetdicom", "apscheduler", "alembic", "sqlalchemy.engine")
+_NOISY = ("pynetdicom", "apscheduler", "alembic", "sqlalchemy.engine", "highdicom", "pydicom")
+#: Loggers whose warnings are routine here: the scheduler warns on every tick skipped
+#: because the previous run (a long analysis) is still going.
+_ROUTINE_WARNINGS = ("apscheduler.scheduler",)
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,3 +44,5 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level)
     for name in _NOISY:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    for name in _ROUTINE_WARNINGS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
