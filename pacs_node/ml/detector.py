@@ -181,30 +181,37 @@ class Detector:
         if n == 0:
             return Scored(np.empty((0, 3)), np.empty(0), np.empty((0, len(TYPE_NAMES))), np.empty(0))
         pc = patch_centres(fine.world_to_index(centres_lps_mm))
-        flips = FLIP_SETS[self.card.inference_flips]
-        scores, types, diams, offs = [], [], [], []
+        flips = FLIP_SETS[self.card.inference.flips]
+        score, type_prob, log_diameter, offset = self._forward(fine, pc, flips[:1])
+        again = np.flatnonzero(score >= self.card.inference.rescore_above) if len(flips) > 1 else np.empty(0, int)
+        if len(again):
+            more = self._forward(fine, pc[again], flips[1:])
+            k = len(flips)
+            for total, extra in zip((score, type_prob, log_diameter, offset), more, strict=True):
+                total[again] = (total[again] + (k - 1) * extra) / k
+        refined = fine.index_to_world(pc - 0.5 + offset / cfg.fine_mm)
+        return Scored(refined, score, type_prob, np.exp(log_diameter))
+
+    def _forward(self, fine: Grid, pc: np.ndarray, flips: tuple[tuple[int, ...], ...]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Mean over ``flips`` of score, type probabilities, log diameter and offset (mm, unflipped)."""
+        cfg = self.card.network
+        outputs: list[list[np.ndarray]] = [[], [], [], []]
         with torch.inference_mode():
-            for s in range(0, n, self.batch_size):
+            for s in range(0, len(pc), self.batch_size):
                 f, c = extract_patches(fine, pc[s:s + self.batch_size], cfg.patch_size)
                 x = normalise_hu(np.stack([f, c], axis=1), cfg.hu_window).to(self.device)
-                score, type_prob, diameter, offset = 0.0, 0.0, 0.0, 0.0
+                sums = [0.0, 0.0, 0.0, 0.0]
                 for axes in flips:
                     out = self.model(torch.flip(x, [2 + a for a in axes]) if axes else x)
                     unflip = torch.ones(3, device=out.offset.device)
                     unflip[list(axes)] = -1.0
-                    score = score + torch.sigmoid(out.logit)
-                    type_prob = type_prob + torch.softmax(out.type_logits, dim=1)
-                    diameter = diameter + out.log_diameter
-                    offset = offset + out.offset * unflip
-                k = len(flips)
-                scores.append((score / k).cpu().numpy())
-                types.append((type_prob / k).cpu().numpy())
-                diams.append(torch.exp(diameter / k).cpu().numpy())
-                offs.append((offset / k).cpu().numpy())
-        offset_idx = np.concatenate(offs).astype(np.float64) / cfg.fine_mm
-        refined = fine.index_to_world(pc - 0.5 + offset_idx)
-        return Scored(refined, np.concatenate(scores).astype(np.float64), np.concatenate(types).astype(np.float64),
-                      np.concatenate(diams).astype(np.float64))
+                    parts = (torch.sigmoid(out.logit), torch.softmax(out.type_logits, dim=1), out.log_diameter,
+                             out.offset * unflip)
+                    sums = [a + b for a, b in zip(sums, parts, strict=True)]
+                for store, total in zip(outputs, sums, strict=True):
+                    store.append((total / len(flips)).cpu().numpy().astype(np.float64))
+        return tuple(np.concatenate(v) for v in outputs)  # type: ignore[return-value]
 
     def _finding(self, fe: FrontEnd, scored: Scored, i: int) -> Finding:
         centre = scored.centres_lps_mm[i]

@@ -9,7 +9,7 @@ run a model from its folder, and code never hard-codes one.  ``model.toml``::
     [network]      architecture hyper-parameters (NetworkConfig)
     [front_end]    fine grid, lung mask and candidate parameters (FrontEndConfig)
     [thresholds]   report_score (operating point), min_score, merge_mm
-    [inference]    flips: test-time axis flips averaged per candidate (1, 2, 4 or 8)
+    [inference]    flips (test-time axis flips averaged: 1, 2, 4 or 8), rescore_above
     [training]     data, seeds, epochs, time ... (free-form, for people)
     [metrics.*]    validation / test metrics (free-form, for people)
 
@@ -65,6 +65,29 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class Inference:
+    """How candidates are scored.
+
+    Attributes
+    ----------
+    flips
+        Axis flips of each patch whose outputs are averaged (1: none; 2, 4 or 8).
+    rescore_above
+        Only candidates whose unflipped score reaches this get the other flips (the
+        rest cannot come near a reported score, and are most of the candidates).
+    """
+
+    flips: int = 1
+    rescore_above: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.flips not in (1, 2, 4, 8):
+            raise ValueError(f"inference.flips must be 1, 2, 4 or 8, got {self.flips}")
+        if not 0.0 <= self.rescore_above < 1.0:
+            raise ValueError(f"inference.rescore_above must be in [0, 1), got {self.rescore_above}")
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """The parsed ``model.toml``; ``extra`` keeps the free-form sections."""
 
@@ -76,12 +99,7 @@ class ModelCard:
     weights_file: str = WEIGHTS_FILE
     weights_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: Axis flips of each patch whose outputs are averaged (1: none; 2, 4 or 8).
-    inference_flips: int = 1
-
-    def __post_init__(self) -> None:
-        if self.inference_flips not in (1, 2, 4, 8):
-            raise ValueError(f"inference.flips must be 1, 2, 4 or 8, got {self.inference_flips}")
+    inference: Inference = field(default_factory=Inference)
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML document as a dictionary."""
@@ -98,7 +116,7 @@ class ModelCard:
         d["front_end"] = self.front_end.to_dict()
         d["thresholds"] = {"report_score": self.thresholds.report_score, "min_score": self.thresholds.min_score,
                            "merge_mm": self.thresholds.merge_mm}
-        d["inference"] = {"flips": self.inference_flips}
+        d["inference"] = {"flips": self.inference.flips, "rescore_above": self.inference.rescore_above}
         for k, v in self.extra.items():
             if k not in ("model", "files"):
                 d[k] = v
@@ -197,9 +215,8 @@ def read_model_card(model_dir: Path) -> ModelCard:
         thresholds = Thresholds(float(th.get("report_score", 0.5)), float(th.get("min_score", 0.02)),
                                 float(th.get("merge_mm", 4.0)))
         name, version = str(model["name"]), str(model["version"])
-        flips = int(doc.get("inference", {}).get("flips", 1))
-        if flips not in (1, 2, 4, 8):
-            raise ValueError(f"inference.flips must be 1, 2, 4 or 8, got {flips}")
+        inf = doc.get("inference", {})
+        inference = Inference(int(inf.get("flips", 1)), float(inf.get("rescore_above", 0.0)))
     except KeyError as exc:
         raise ModelError(f"{path}: missing {exc.args[0]!r}") from exc
     except (TypeError, ValueError) as exc:
@@ -211,4 +228,4 @@ def read_model_card(model_dir: Path) -> ModelCard:
         raise ModelError(f"model folder {model_dir} has no weights file {weights!r} (named in {CARD_FILE})")
     extra = {k: v for k, v in doc.items() if k not in ("format", "network", "front_end", "thresholds", "inference")}
     extra["model"] = {k: v for k, v in model.items() if k not in ("name", "version")}
-    return ModelCard(name, version, network, front_end, thresholds, weights, files.get("sha256"), extra, flips)
+    return ModelCard(name, version, network, front_end, thresholds, weights, files.get("sha256"), extra, inference)

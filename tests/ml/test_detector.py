@@ -12,7 +12,7 @@ import pytest
 from pacs_node.analyze.findings import Finding
 from pacs_node.analyze.volume import read_dicom_volume
 from pacs_node.ml.detector import Detector
-from pacs_node.ml.modelcard import ModelError
+from pacs_node.ml.modelcard import Inference, ModelError
 from pacs_node.ml.phantom import Phantom, PlantedNodule, write_dicom_study
 
 from tests.ml._fixtures import find_phantom
@@ -131,15 +131,39 @@ def test_flip_averaging_gives_the_same_outputs_for_a_mirrored_volume(detector) -
     mirrored = Grid(array[:, :, ::-1].copy(), np.eye(4))
     points = np.array([[20.5, 18.5, 21.5], [10.5, 30.5, 12.5]])  # patch centres lie between voxels
     mirrored_points = points * [1, 1, -1] + [0, 0, 39]
-    eight = Detector(dataclasses.replace(detector.card, inference_flips=8), detector.model)
+    eight = Detector(dataclasses.replace(detector.card, inference=Inference(flips=8)), detector.model)
     a = eight.score_candidates(grid, points)
     b = eight.score_candidates(mirrored, mirrored_points)
     np.testing.assert_allclose(a.score, b.score, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(a.diameter_mm, b.diameter_mm, rtol=1e-4)
     np.testing.assert_allclose(a.centres_lps_mm, b.centres_lps_mm * [1, 1, -1] + [0, 0, 39], atol=1e-3)
-    one = Detector(dataclasses.replace(detector.card, inference_flips=1), detector.model)
+    one = Detector(dataclasses.replace(detector.card, inference=Inference(flips=1)), detector.model)
     assert not np.allclose(one.score_candidates(grid, points).score, one.score_candidates(mirrored, mirrored_points).score,
                            rtol=1e-4, atol=1e-5), "without averaging the network is not mirror-symmetric"
+
+
+def test_only_candidates_above_the_gate_get_the_extra_flips(detector) -> None:  # noqa: ANN001
+    import dataclasses
+
+    from pacs_node.ml.canonical import Grid
+
+    rng = np.random.default_rng(5)
+    array = rng.normal(-800, 80, size=(48, 48, 48)).astype(np.float32)
+    array[20:27, 20:27, 20:27] = 20.0
+    grid = Grid(array, np.eye(4))
+    points = np.concatenate([[[23.5, 23.5, 23.5]], rng.uniform(12, 36, size=(11, 3))])
+
+    def scored(**inference: float):  # noqa: ANN202
+        return Detector(dataclasses.replace(detector.card, inference=Inference(**inference)), detector.model
+                        ).score_candidates(grid, points)
+
+    one, eight = scored(flips=1), scored(flips=8)
+    gate = float(np.median(one.score))
+    gated = scored(flips=8, rescore_above=gate)
+    above = one.score >= gate
+    assert 0 < above.sum() < len(points)
+    np.testing.assert_allclose(gated.score[above], eight.score[above], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gated.score[~above], one.score[~above], rtol=1e-5, atol=1e-6)
 
 
 def test_card_refuses_an_unknown_number_of_flips(tmp_path: Path) -> None:
