@@ -169,6 +169,8 @@ def test_only_candidates_above_the_gate_get_the_extra_flips(detector) -> None:  
 def test_card_refuses_an_unknown_number_of_flips(tmp_path: Path) -> None:
     shutil.copytree(MODEL, tmp_path / "m", ignore=shutil.ignore_patterns("checkpoints"))
     card = tmp_path / "m" / "model.toml"
-    card.write_text(card.read_text() + "\n[inference]\nflips = 3\n")
+    text = card.read_text()
+    assert "\nflips = 8\n" in text
+    card.write_text(text.replace("\nflips = 8\n", "\nflips = 3\n"))
     with pytest.raises(ModelError, match="flips must be 1, 2, 4 or 8"):
         Detector.load(tmp_path / "m")
