@@ -13,6 +13,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.errors import BytesLengthException
 
 from pacs_node.ml.luna16 import read_mhd
 
@@ -21,11 +22,17 @@ class NotAnalysable(ValueError):
     """Input that cannot become a CT volume; the message says why, for the report."""
 
 
+#: What building a volume raises on slices it cannot use (pydicom: NotImplementedError for an
+#: unknown VR, BytesLengthException for a value of the wrong length).
+_UNUSABLE = (ValueError, RuntimeError, KeyError, AttributeError, TypeError, NotImplementedError, BytesLengthException)
+
+
 def volume_from_datasets(datasets: Sequence[Dataset]) -> hd.Volume:
     """Build a HU volume from the slices of one CT series (any order).
 
     highdicom sorts the slices along their normal and checks that spacing and
-    orientation are consistent; rescale slope and intercept are applied.
+    orientation are consistent; rescale slope and intercept are applied.  Pixels
+    that Pixel Padding Value (and Range Limit) mark as padding become air.
 
     Raises
     ------
@@ -36,9 +43,47 @@ def volume_from_datasets(datasets: Sequence[Dataset]) -> hd.Volume:
         raise NotAnalysable(f"a volume needs at least 2 slices, got {len(datasets)}")
     try:
         volume = hd.get_volume_from_series(list(datasets), dtype=np.float32)
-    except (ValueError, RuntimeError, KeyError, AttributeError) as exc:
+        _pad_to_air(volume, datasets)
+    except _UNUSABLE as exc:
         raise NotAnalysable(f"slices do not form one regular volume: {exc}") from exc
+    if not np.isfinite(volume.array).all():
+        raise NotAnalysable("HU values are not finite numbers (check Rescale Slope and Intercept)")
     return volume
+
+
+#: HU given to pixels that Pixel Padding Value (0028,0120), with Pixel Padding Range Limit
+#: (0028,0121), marks as outside the reconstruction circle: air.  highdicom rescales them
+#: like image pixels, so e.g. GE's 63536 in an unsigned image would be a +62512 HU ring.
+PADDING_HU = -1024.0
+
+
+def _padding_mask(ds: Dataset) -> np.ndarray | None:
+    """Pixels of one slice that its padding attributes mark as padding (``None``: no usable attributes)."""
+    value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+    if value is None:
+        return None
+    try:
+        span = 1 << int(ds.get("BitsAllocated", 16))
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        ends = [int(v) for v in (value, value if limit is None else limit)]
+    except (TypeError, ValueError):
+        return None
+    # compare bit patterns: a value may be read as US in a signed image, or as SS in an unsigned one
+    ends = [(v - span if v >= span // 2 else v) if signed else (v + span if v < 0 else v) for v in ends]
+    stored = ds.pixel_array  # decoded (and cached) by highdicom already
+    return (stored >= min(ends)) & (stored <= max(ends))
+
+
+def _pad_to_air(volume: hd.Volume, datasets: Sequence[Dataset]) -> None:
+    """Set the padding pixels of each slice (see :data:`PADDING_HU`) to air, in place."""
+    array = volume.array
+    for ds in datasets:
+        mask = _padding_mask(ds)
+        if mask is None or not mask.any():
+            continue
+        k = int(np.rint(world_to_index(volume, [float(v) for v in ds.ImagePositionPatient])[0, 0]))
+        if 0 <= k < array.shape[0] and mask.shape == array.shape[1:]:
+            array[k][mask] = PADDING_HU
 
 
 def read_dicom_volume(paths: Sequence[Path]) -> hd.Volume:
