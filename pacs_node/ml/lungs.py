@@ -48,6 +48,15 @@ class LungMaskParams:
         this (juxtapleural nodules up to about twice this diameter) are filled.
     margin_mm
         Dilation of the closed mask that makes the search region.
+    prism_iou, prism_span
+        An enclosed air component that spans at least ``prism_span`` of the slices
+        and whose slices overlap this much (intersection over union of their
+        in-plane masks) is a prism: a sealed mattress or cushion on the table, not
+        lung (anatomy changes along the body axis, equipment does not).
+    truncated_overlap
+        An air region that touches the border of a slice still counts as lung when
+        at least this fraction of it lies directly above or below lung of the next
+        slice (lungs cut by a small field of view or an off-centre patient).
     """
 
     grid_mm: float = 3.0
@@ -56,6 +65,9 @@ class LungMaskParams:
     min_fraction: float = 0.08
     closing_mm: float = 16.0
     margin_mm: float = 4.0
+    prism_iou: float = 0.85
+    prism_span: float = 0.8
+    truncated_overlap: float = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,8 +107,8 @@ def _coarse(volume: hd.Volume, grid_mm: float) -> Grid:
     """Strided sample of a canonical volume at about ``grid_mm`` per voxel, lightly smoothed."""
     spacing = np.linalg.norm(volume.affine[:3, :3], axis=0)
     step = np.maximum(1, np.rint(grid_mm / spacing).astype(int))
-    arr = np.asarray(volume.array[:: step[0], :: step[1], :: step[2]], dtype=np.float32)
-    np.maximum(arr, np.float32(AIR_HU), out=arr)
+    # a new array: padding below air (-2000, -3024 HU) must not be clipped in the caller's volume
+    arr = np.maximum(volume.array[:: step[0], :: step[1], :: step[2]], np.float32(AIR_HU), dtype=np.float32)
     arr = ndi.gaussian_filter(arr, 0.7, truncate=2.0)
     affine = np.array(volume.affine, dtype=np.float64)
     affine[:3, :3] = affine[:3, :3] * step[None, :]
@@ -117,6 +129,52 @@ def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarr
     if radius_mm <= 0:
         return mask.copy()
     return ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+
+
+def _drop_prisms(inside: np.ndarray, p: LungMaskParams, voxel_ml: float) -> None:
+    """Remove (in place) enclosed air that is the same in almost every slice: table equipment, not lung.
+
+    A mattress sealed in its cover (or a vacuum cushion) is as dark as lung and
+    closed on all sides in each slice, but it is an extrusion along the table: its
+    slices coincide.  Lungs change shape from apex to base.
+    """
+    labels, _ = ndi.label(inside)
+    nz = inside.shape[0]
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None or box[0].stop - box[0].start < p.prism_span * nz:
+            continue
+        component = labels[box] == i
+        if component.sum() * voxel_ml < p.min_lung_ml:
+            continue
+        union = component.any(axis=0).sum()
+        common = component.all(axis=0).sum()
+        if union and common / union >= p.prism_iou:
+            inside[box][component] = False
+
+
+def _add_truncated(inside: np.ndarray, flat: np.ndarray, n_flat: int, border: np.ndarray, overlap: float) -> None:
+    """Add (in place) border-touching air regions that continue enclosed air of the next slice.
+
+    ``flat`` labels the air of each slice separately; ``border`` lists the labels
+    that touch the slice border.  A lung cut by the edge of the field of view touches
+    the border in some slices, but lies right under or over lung of its neighbour
+    slice; outside air never does.  Grown slice by slice until nothing changes.
+    """
+    if len(border) == 0 or inside.shape[0] < 2:
+        return
+    candidate = np.zeros(n_flat + 1, dtype=bool)
+    candidate[border] = True
+    area = np.bincount(flat.ravel(), minlength=n_flat + 1)
+    while True:
+        next_to = np.zeros_like(inside)
+        next_to[1:] |= inside[:-1]
+        next_to[:-1] |= inside[1:]
+        touching = np.bincount(flat[next_to & ~inside], minlength=n_flat + 1)
+        grow = candidate & (touching >= overlap * np.maximum(area, 1))
+        if not grow.any():
+            return
+        candidate &= ~grow
+        inside |= grow[flat]
 
 
 def lung_mask(volume: hd.Volume, params: LungMaskParams | None = None) -> LungMask:
@@ -147,11 +205,14 @@ def lung_mask(volume: hd.Volume, params: LungMaskParams | None = None) -> LungMa
     # outside air: per axial slice, the air components that touch the slice border
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndi.generate_binary_structure(2, 1)
-    labels, _ = ndi.label(air, structure=in_plane)
-    border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
-                                       labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
-    inside = air & ~np.isin(labels, border[border > 0])
-    del labels
+    flat, n_flat = ndi.label(air, structure=in_plane)
+    border = np.unique(np.concatenate([flat[:, 0, :].ravel(), flat[:, -1, :].ravel(),
+                                       flat[:, :, 0].ravel(), flat[:, :, -1].ravel()]))
+    border = border[border > 0]
+    inside = air & ~np.isin(flat, border)
+    _drop_prisms(inside, p, voxel_ml)
+    _add_truncated(inside, flat, n_flat, border, p.truncated_overlap)
+    del flat
     labels, n = ndi.label(inside)
     if n == 0:
         raise NoLungsFound("no air-filled region inside the body (not a chest CT?)")
