@@ -27,7 +27,7 @@ from sqlalchemy import Engine
 
 from pacs_node.config import RetentionConfig
 from pacs_node.db import retention
-from pacs_node.receive.spool import InvalidUID, validate_name, validate_uid
+from pacs_node.receive.spool import InvalidUID, fsync_dir, validate_name, validate_uid
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,6 @@ class PurgeTotals:
     studies: int = 0
     files: int = 0
     bytes: int = 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Retention:
@@ -171,7 +163,7 @@ class Retention:
         if target.exists():
             return  # stored again meanwhile: the new copy of the same instance stays
         os.rename(source, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         log.info("event=retention_restored_file reason=instance stored again during purge")
 
 

@@ -274,14 +274,19 @@ def resend_study(engine: Engine, study_uid: str, destinations: Sequence[Destinat
     Returns the number of deliveries queued (0 when the study has no report yet).
     """
     with engine.connect() as connection:
-        job_pk = connection.scalar(
-            select(Job.id)
-            .join(Study, Study.id == Job.study_pk)
-            .join(ReportObject, ReportObject.job_pk == Job.id)
-            .where(Study.study_uid == study_uid, Job.state == JobState.DONE)
-            .order_by(Job.id.desc())
-            .limit(1)
-        )
+        job_pk = newest_report_job(connection, study_uid)
     if job_pk is None:
         return 0
     return queue_deliveries(engine, job_pk, destinations)
+
+
+def newest_report_job(connection: Connection, study_uid: str) -> int | None:
+    """The newest finished job of a study that wrote report objects (``None``: no report yet)."""
+    return connection.scalar(
+        select(Job.id)
+        .join(Study, Study.id == Job.study_pk)
+        .join(ReportObject, ReportObject.job_pk == Job.id)
+        .where(Study.study_uid == study_uid, Job.state == JobState.DONE)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
 
+from pacs_node.db.deliveries import newest_report_job
 from pacs_node.db.models import (
     Delivery,
     DeliveryState,
@@ -155,14 +156,7 @@ def purged_among(engine: Engine, study_uids: Sequence[str]) -> set[str]:
 def reports_purged(engine: Engine, study_uid: str) -> bool:
     """Whether the newest finished report of a study lost its files to retention (nothing to resend)."""
     with engine.connect() as connection:
-        job_pk = connection.scalar(
-            select(Job.id)
-            .join(Study, Study.id == Job.study_pk)
-            .join(ReportObject, ReportObject.job_pk == Job.id)
-            .where(Study.study_uid == study_uid, Job.state == JobState.DONE)
-            .order_by(Job.id.desc())
-            .limit(1)
-        )
+        job_pk = newest_report_job(connection, study_uid)
         if job_pk is None:
             return False
         kept = connection.scalar(

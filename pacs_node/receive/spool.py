@@ -15,9 +15,9 @@ import re
 import secrets
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from collections.abc import Callable
 from pathlib import Path
 
 from pydicom import Dataset
@@ -197,14 +197,14 @@ class Spool:
         except FileNotFoundError:  # the folder was removed by retention meanwhile
             self._make_dirs(folder)
             os.replace(partial.path, target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return StoredFile(relative_path, size)
 
     def _make_dirs(self, folder: Path) -> None:
         new_dirs = [p for p in (folder.parent, folder) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         for created in new_dirs:
-            _fsync_dir(created.parent)
+            fsync_dir(created.parent)
         if len(self._known_dirs) > 10_000:
             self._known_dirs.clear()
         self._known_dirs.add(folder)
@@ -238,7 +238,8 @@ class Spool:
         return removed
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (created, renamed, removed files) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, func, select
 
 from pacs_node.db.models import Instance, Job, JobState, Study, StudyState
 from tests.conftest import DCMTK_ENV, ECHOSCU, RunningNode, storescu, wait_until
+from tests.reliability.support import children
 
 pytestmark = pytest.mark.integration
 
@@ -42,18 +43,6 @@ def _jobs(node: RunningNode) -> list:
 
 def _stored_files(node: RunningNode) -> list[Path]:
     return sorted((node.spool / "studies").rglob("*.dcm"))
-
-
-def _children(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
 
 
 def test_pushed_series_is_stored_completed_and_queued(database_url: str, node_factory, ct_series) -> None:
@@ -178,14 +167,14 @@ def test_status_and_echo_commands(node_factory, ct_series) -> None:
 
 def test_receiver_process_that_dies_is_replaced(node_factory, ct_series) -> None:
     node = node_factory(node={"receive_processes": 2})
-    [child] = wait_until(lambda: [c for c in _children(node.process.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()], timeout=20)
+    [child] = wait_until(lambda: [c for c in children(node.process.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()], timeout=20)
     wait_until(lambda: "event=receiver_started process=1" in node.output(), timeout=20)
     os.kill(child, signal.SIGKILL)
     wait_until(lambda: "event=receiver_died process=1" in node.output(), timeout=20)
     wait_until(lambda: node.output().count("event=receiver_started process=1") == 2, timeout=20)
     for _ in range(4):  # connections land on either process; all are served
         assert storescu(node.port, ct_series[0].parent).returncode == 0
-    receivers = _children(node.process.pid)
+    receivers = children(node.process.pid)
     assert receivers
     assert node.stop() == 0
     wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), timeout=20)
