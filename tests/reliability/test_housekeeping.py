@@ -245,6 +245,8 @@ def test_min_free_guard_refuses_before_the_disk_is_full_defers_jobs_and_resumes(
     full.unlink()
     wait_until(lambda: [job.state for job in _jobs(engine)] == [JobState.DONE], timeout=20)
     assert storescu(node.port, late[0].parent).returncode == 0
+    wait_until(lambda: "event=spool_space_recovered" in node.output(), timeout=20)  # the next space check
+    time.sleep(1.0)  # more checks with space back: none may log again
     log = node.output()
     counts = {event: log.count(f"event={event}") for event in
               ("spool_space_low", "spool_space_exhausted", "spool_space_recovered", "jobs_deferred", "jobs_resumed")}
