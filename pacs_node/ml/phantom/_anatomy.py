@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from pacs_node.ml.phantom._geometry import _Canvas, _Pose, _soft, _squircle
+from pacs_node.ml.phantom._lungmodel import _LungModel
 from pacs_node.ml.phantom._study import _Body, _Look
 from pacs_node.ml.phantom._tubes import _paint_segment, _polyline
 from pacs_node.ml.phantom._vessels import _Roots
@@ -50,9 +51,16 @@ def _heart_q(B: _Body, a: np.ndarray, b: np.ndarray, zb: float) -> np.ndarray | 
 
 
 def _slice_hu(
-    B: _Body, L: _Look, a: np.ndarray, b: np.ndarray, zb: float, tex: np.ndarray, px: float, ez: float
+    B: _Body, L: _Look, a: np.ndarray, b: np.ndarray, zb: float, tex: np.ndarray, px: float, ez: float,
+    model: _LungModel | None = None, zw: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """HU and labels of one axial slice (body-frame coordinates ``a``, ``b`` in mm)."""
+    """HU and labels of one axial slice (body-frame coordinates ``a``, ``b`` in mm).
+
+    ``px`` is the pixel size and ``ez`` the slice spacing (mm).  With a lung ``model``
+    (any of parenchyma, pleura or style not classic) the lung density comes from it,
+    ``zw`` being the slice's world z (mm); without, the classic lung is drawn.
+    """
+    ez_pv = ez if model is None else model.dome_width(ez)
     r = np.sqrt(a * a + b * b) + 1e-3
     sinp = b / r  # +1 straight posterior, -1 straight anterior
     rb = math.sqrt(B.W * 0.5 * (B.Da + B.Dp))
@@ -115,7 +123,7 @@ def _slice_hu(
     # pleural cavity: mediastinal fat above, abdomen below the diaphragm
     f_pl = _soft(-d_pl, px)
     zd = _dome(B, a, b)
-    f_dome = _soft(zb - zd, ez)
+    f_dome = _soft(zb - zd, ez_pv)
     liver_w = _soft(B.liver_a - a, 6.0)
     abd = L.spleen + liver_w * (L.liver - L.spleen) + L.soft_tex * tex
     if B.gas is not None:
@@ -123,7 +131,7 @@ def _slice_hu(
         f_gas = _soft(depth - (zd - zb), ez) * _soft(np.minimum(a - ga0, ga1 - a), px) * _soft(gb1 - b, px)
         abd += f_gas * (-995.0 - abd)
     zt = _apex(B, a, b)
-    f_apex = _soft(zt - zb, ez)
+    f_apex = _soft(zt - zb, ez_pv)
     cav = L.med_fat + L.fat_tex * tex
     cav += (1.0 - f_apex) * (0.5 * (L.muscle + L.med_fat) - cav)
     cav += (1.0 - f_dome) * (abd - cav)
@@ -143,6 +151,32 @@ def _slice_hu(
         f_med = np.maximum(f_med, f_heart)
     f_sp = _soft(B.rva + 5.0 - absa, px) * _soft(b - (B.b_vb - B.rvb - 3.0), px)
     f_lung = f_pl * f_dome * f_apex * (1.0 - np.maximum(f_med, f_sp))
+    f_thick = None
+    if model is not None:
+        lung, f_thick = model.slice(a, b, zb, zw, tex, d_pl, sinp, px, ez)
+    else:
+        lung = _classic_lung(B, L, a, b, zb, tex, px, ez, d_pl, sinp)
+    hu += f_lung * (lung - hu)
+    lab[f_lung > 0.5] = Tissue.LUNG
+    if f_thick is not None and model is not None:
+        f_th = f_lung * f_thick
+        hu += f_th * (model.Pl.thick_hu + L.soft_tex * tex - hu)
+        lab[f_th > 0.5] = Tissue.SOFT
+    # heart: pericardial fat rim, myocardium, blood pool
+    if qh is not None:
+        dh = (1.0 - qh) * B.heart[4]
+        hu += _soft(dh - B.fat_rim, px) * f_pl * (L.myo + L.soft_tex * tex - hu)
+        hu += _soft(dh - B.fat_rim - B.myo_t, px) * f_pl * (L.blood - hu)
+    _spine(B, L, a, b, zb, absa, px, ez, hu, lab)
+    return hu, lab
+
+
+def _classic_lung(
+    B: _Body, L: _Look, a: np.ndarray, b: np.ndarray, zb: float, tex: np.ndarray, px: float, ez: float,
+    d_pl: np.ndarray, sinp: np.ndarray,
+) -> np.ndarray:
+    """The classic lung density (HU) of one slice: gradient, texture, dependent density,
+    fissures and emphysema."""
     lung = L.lung + L.lung_grad * np.clip(b * (1.0 / B.Dpc), -1.0, 1.0) + L.lung_tex * tex
     if L.dep_amp > 0:
         lung += L.dep_amp * np.exp(np.minimum(d_pl, 0.0) * (1.0 / L.dep_len)) * np.clip(sinp, 0.0, 1.0) ** 2
@@ -158,13 +192,14 @@ def _slice_hu(
             lung += L.fissure_amp * fis * on_side
     if L.emph > 0:
         lung += L.emph * np.clip((tex - L.emph_thr) * 2.5, 0.0, 1.0) * (-990.0 - lung)
-    hu += f_lung * (lung - hu)
-    lab[f_lung > 0.5] = Tissue.LUNG
-    # heart: pericardial fat rim, myocardium, blood pool
-    if qh is not None:
-        dh = (1.0 - qh) * B.heart[4]
-        hu += _soft(dh - B.fat_rim, px) * f_pl * (L.myo + L.soft_tex * tex - hu)
-        hu += _soft(dh - B.fat_rim - B.myo_t, px) * f_pl * (L.blood - hu)
+    return lung
+
+
+def _spine(
+    B: _Body, L: _Look, a: np.ndarray, b: np.ndarray, zb: float, absa: np.ndarray, px: float, ez: float,
+    hu: np.ndarray, lab: np.ndarray,
+) -> None:
+    """Draw the spine into one slice's ``hu`` and ``lab`` (in place)."""
     # spine: vertebral body with discs, canal, arch, spinous and transverse processes
     rv = np.sqrt((a * (1.0 / B.rva)) ** 2 + ((b - B.b_vb) * (1.0 / B.rvb)) ** 2)
     tv = (zb - B.v_z0) / B.v_pitch
@@ -185,7 +220,6 @@ def _slice_hu(
     f_canal = _soft(B.rc - dc, px)
     hu += f_canal * (L.csf - hu)
     lab[f_canal > 0.5] = Tissue.SOFT
-    return hu, lab
 
 
 def _upsample2(c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -200,8 +234,13 @@ def _upsample2(c: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return up[: shape[0], : shape[1]]
 
 
-def _render_base(canvas: _Canvas, pose: _Pose, B: _Body, L: _Look, rng: np.random.Generator) -> None:
+def _render_base(
+    canvas: _Canvas, pose: _Pose, B: _Body, L: _Look, rng: np.random.Generator, model: _LungModel | None = None
+) -> None:
     """Fill the canvas with the analytic anatomy (body, lungs, mediastinum, bones, table).
+
+    The lung density comes from ``model`` if given (:mod:`._lungmodel`), else it is
+    the classic one.
 
     With pixels under 1 mm the anatomy is evaluated on a grid twice as coarse in-plane
     and upsampled bilinearly (labels by nearest voxel): its boundaries are smooth on
@@ -231,6 +270,8 @@ def _render_base(canvas: _Canvas, pose: _Pose, B: _Body, L: _Look, rng: np.rando
     sig = (L.tex_sigma_mm / (f * dy), L.tex_sigma_mm / (f * dx))
     planes: dict[int, np.ndarray] = {}
     made = [0]
+    if model is not None:
+        model.start((ncy, ncx), px, float(canvas.zs[0]))
 
     def plane(j: int) -> np.ndarray:
         while made[0] <= j:
@@ -251,7 +292,7 @@ def _render_base(canvas: _Canvas, pose: _Pose, B: _Body, L: _Look, rng: np.rando
         j = int(tpos)
         w = (tpos - j) * (math.pi / 2)
         tex = math.cos(w) * plane(j) + math.sin(w) * plane(j + 1)
-        hu, lab = _slice_hu(B, L, a, b, zb, tex, px, dz)
+        hu, lab = _slice_hu(B, L, a, b, zb, tex, px, dz, model, zw)
         if f == 1:
             canvas.vol[k, sy, sx] = hu[: fine[0], : fine[1]]
             canvas.lab[k, sy, sx] = lab[: fine[0], : fine[1]]

@@ -180,3 +180,48 @@ def _sample_lung_points(canvas: _Canvas, rng: np.random.Generator, n: int) -> np
     kji += rng.uniform(-0.5, 0.5, kji.shape)
     g = canvas.grid
     return np.array(g.origin) + kji[:, ::-1] * np.array(g.spacing[::-1])
+
+
+def _subpleural_sites(
+    canvas: _Canvas, rng: np.random.Generator, lung_pts: np.ndarray, n: int, depth_mm: tuple[float, float],
+    down: float = 0.2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Points on the pleura, found by marching rays out of the lung.
+
+    Rays start at random lung points (world LPS mm) that lie ``depth_mm`` (min, max)
+    from the pleura along the ray; most head radially outwards in the axial plane
+    (costal pleura), a fraction ``down`` heads down (diaphragmatic pleura).  A ray
+    ends at the first voxel labelled soft tissue, bone, air or outside the grid
+    (vessels, airways and nodules are crossed).
+
+    Returns
+    -------
+    sites, normals
+        Up to ``n`` points on the pleura ``(m, 3)`` (mm) and the outward unit ray
+        directions ``(m, 3)`` there (approximate pleural normals).
+    """
+    if n <= 0 or len(lung_pts) == 0:
+        return np.zeros((0, 3)), np.zeros((0, 3))
+    m = 4 * n + 16
+    p = lung_pts[rng.integers(0, len(lung_pts), m)]
+    centre = np.median(lung_pts, axis=0)
+    v = p - centre
+    v[:, 2] = 0.0
+    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-9
+    v += 0.3 * rng.standard_normal((m, 3)) * np.array([1.0, 1.0, 0.4])
+    is_down = rng.random(m) < down
+    v[is_down] = np.array([0.0, 0.0, -1.0]) + 0.35 * rng.standard_normal((int(is_down.sum()), 3))
+    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-9
+    step = 0.5 * min(canvas.grid.spacing)
+    steps = np.arange(step, depth_mm[1] + step, step)
+    hit = np.full(m, np.nan)
+    for s in steps:
+        todo = np.isnan(hit)
+        if not todo.any():
+            break
+        lab = canvas.labels_at(p[todo] + s * v[todo])
+        stop = (lab == Tissue.SOFT) | (lab == Tissue.BONE) | (lab == Tissue.AIR) | (lab == 255)
+        idx = np.nonzero(todo)[0][stop]
+        hit[idx] = s
+    ok = np.nonzero(~np.isnan(hit) & (hit >= depth_mm[0]))[0][:n]
+    return p[ok] + hit[ok, None] * v[ok], v[ok]

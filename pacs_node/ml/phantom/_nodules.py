@@ -1,77 +1,29 @@
-"""Nodules: what to plant (type, size, margin, location), their shapes, where they fit,
-and how they are drawn."""
+"""Nodules: the classic shape model and drawing, and the entry point that plants a
+study's nodules.
+
+What to plant is drawn in :mod:`._nodule_specs`, where it goes in :mod:`._nodule_sites`;
+the wide nodule family and the non-classic styles are shaped in :mod:`._nodule_shapes`
+and drawn in :mod:`._nodule_draw`.  The classic path (classic variation and style)
+draws exactly what the v1 generator drew for a seed.
+"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from pacs_node.ml.phantom._geometry import _Canvas, _rotation, _soft, _unit
+from pacs_node.ml.phantom._geometry import _Canvas, _Pose, _rotation, _soft, _unit
+from pacs_node.ml.phantom._nodule_draw import _place_and_draw_wide
+from pacs_node.ml.phantom._nodule_sites import _find_site
+from pacs_node.ml.phantom._nodule_specs import _draw_nodule_specs, _nodule_streams, _NoduleSpec, _style_detail_rng
+from pacs_node.ml.phantom._study import _Body
 from pacs_node.ml.phantom._tubes import _capsule_fraction, _Segment
-from pacs_node.ml.phantom.truth import LOCATIONS, MARGINS, NODULE_TYPES, PlantedNodule, Tissue
+from pacs_node.ml.phantom.truth import PlantedNodule, Tissue
+from pacs_node.ml.phantom.variation import Variation
 
-_LUNGISH = (Tissue.LUNG, Tissue.VESSEL)
-_WALL = (Tissue.SOFT, Tissue.BONE)
-
-
-@dataclass(frozen=True)
-class _NoduleSpec:
-    type: str
-    margin: str
-    location: str
-    diameter: float
-    core: float | None  # solid core (part-solid) or calcified core (central calcification)
-    hu: float  # body: ground glass, solid or calcium
-    hu_core: float | None
-
-
-def _draw_nodule_specs(
-    rng: np.random.Generator, n: int | None, types: Sequence[str] | None, drange: tuple[float, float]
-) -> list[_NoduleSpec]:
-    """Draw number, type, size, margin, location and attenuation of the nodules."""
-    if n is None:
-        n = 0 if rng.random() < 0.2 else int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
-    lo, hi = drange
-    specs = []
-    for i in range(n):
-        t = types[i % len(types)] if types else str(rng.choice(NODULE_TYPES, p=[0.55, 0.12, 0.18, 0.15]))
-        d = rng.uniform(12.0, 30.0) if rng.random() < 0.15 else math.exp(rng.normal(math.log(7.0), 0.42))
-        if t == "calcified":
-            d = min(d, rng.uniform(5.0, 12.0))
-        elif t in ("ground-glass", "part-solid"):
-            d = max(d, rng.uniform(6.0, 14.0))
-        d = float(np.clip(d, lo, hi))
-        margin_p = {
-            "solid": [0.5, 0.3, 0.2],
-            "part-solid": [0.4, 0.3, 0.3],
-            "ground-glass": [0.7, 0.3, 0.0],
-            "calcified": [0.85, 0.15, 0.0],
-        }[t]
-        margin = str(rng.choice(MARGINS, p=margin_p))
-        location = str(rng.choice(LOCATIONS, p=[0.5, 0.3, 0.2]))
-        core: float | None = None
-        hu_core: float | None = None
-        if t == "solid":
-            hu = rng.uniform(5.0, 50.0)
-        elif t == "ground-glass":
-            hu = rng.uniform(-720.0, -450.0)
-        elif t == "part-solid":
-            hu = rng.uniform(-700.0, -450.0)
-            core = float(np.clip(d * rng.uniform(0.25, 0.55), min(2.0, 0.5 * d), d - 1.5))
-            hu_core = rng.uniform(0.0, 45.0)
-        else:
-            if rng.random() < 0.6:
-                hu = rng.uniform(200.0, 900.0)
-            else:
-                hu = rng.uniform(10.0, 45.0)
-                core = d * rng.uniform(0.5, 0.72)
-                hu_core = rng.uniform(250.0, 900.0)
-        specs.append(_NoduleSpec(t, margin, location, d, core, float(hu), hu_core))
-    return specs
+__all__ = ["_NoduleSpec", "_draw_nodule_specs", "_place_and_render_nodules"]
 
 
 @dataclass(frozen=True)
@@ -176,81 +128,26 @@ def _render_nodule(canvas: _Canvas, rng: np.random.Generator, c: np.ndarray, spe
     lab[f > 0.5] = Tissue.NODULE
 
 
-def _sphere_labels(canvas: _Canvas, c: np.ndarray, r: float) -> np.ndarray:
-    """Labels of the voxels whose centres lie within ``r`` mm of ``c``."""
-    bx = canvas.box(c - r, c + r)
-    if bx is None:
-        return np.zeros(0, dtype=np.uint8)
-    sl, z, y, x = bx
-    m = (x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2 <= r * r
-    return canvas.lab[sl][m]
-
-
-def _find_site(
-    canvas: _Canvas, rng: np.random.Generator, spec: _NoduleSpec, lung_pts: np.ndarray,
-    vessels: list[_Segment], placed: list[tuple[np.ndarray, float]], attempts: int = 250,
-) -> np.ndarray | None:
-    """Find a centre (world mm) for a nodule at the requested kind of location."""
-    R = spec.diameter / 2.0
-    g = canvas.grid
-    lo = np.array(g.origin) + R + 2.0
-    hi = np.array(g.origin) + (np.array(g.shape[::-1]) - 1) * np.array(g.spacing[::-1]) - R - 2.0
-    if np.any(hi <= lo) or len(lung_pts) == 0:
-        return None
-    for _ in range(attempts):
-        if spec.location == "juxtavascular":
-            if not vessels:
-                return None
-            seg = vessels[int(rng.integers(len(vessels)))]
-            d = seg.p1 - seg.p0
-            n = rng.standard_normal(3)
-            n -= d * (n @ d) / (float(d @ d) + 1e-9)
-            n /= np.linalg.norm(n) + 1e-9
-            t = rng.uniform(0.2, 0.8)
-            rv = seg.r0 + t * (seg.r1 - seg.r0)
-            c = seg.p0 + t * d + n * (R + rv * rng.uniform(0.1, 0.8))
-        elif spec.location == "juxtapleural":
-            p = lung_pts[int(rng.integers(len(lung_pts)))]
-            u = _unit(rng)
-            steps = np.arange(1, 120) * 0.6
-            labs = canvas.labels_at(p + steps[:, None] * u)
-            hit = np.nonzero(np.isin(labs, _WALL))[0]
-            if len(hit) == 0 or np.any(~np.isin(labs[: hit[0]], _LUNGISH)):
-                continue
-            c = p + (steps[hit[0]] - 0.3 - R * rng.uniform(0.7, 0.95)) * u
-        else:
-            c = lung_pts[int(rng.integers(len(lung_pts)))]
-        if np.any(c < lo) or np.any(c > hi):
-            continue
-        if canvas.labels_at(c)[0] != Tissue.LUNG:
-            continue
-        if any(np.linalg.norm(c - pc) < R + pr + 4.0 for pc, pr in placed):
-            continue
-        inner = _sphere_labels(canvas, c, R)
-        if len(inner) == 0:
-            continue
-        lungish = np.isin(inner, _LUNGISH).mean()
-        vessel = float((inner == Tissue.VESSEL).mean())
-        if spec.location == "juxtapleural":
-            if lungish < 0.7 or not np.isin(_sphere_labels(canvas, c, R + 1.5), _WALL).any():
-                continue
-        else:
-            outer = _sphere_labels(canvas, c, R + 2.5)
-            if not np.isin(outer, _LUNGISH).all():
-                continue
-            if spec.location == "free" and vessel > 0.15:
-                continue
-            if spec.location == "juxtavascular" and (vessel > 0.35 or vessel == 0.0):
-                continue
-        return c
-    return None
-
-
 def _place_and_render_nodules(
     canvas: _Canvas, rng: np.random.Generator, specs: list[_NoduleSpec], lung_pts: np.ndarray,
-    vessels: list[_Segment], min_diameter: float,
+    vessels: list[_Segment], min_diameter: float, *, variation: Variation | None = None, style: str = "classic",
+    seed: int = 0, body: _Body | None = None, pose: _Pose | None = None,
 ) -> list[PlantedNodule]:
-    """Place every nodule (smaller if it does not fit; dropped if it still does not) and draw it."""
+    """Place every nodule (smaller if it does not fit; dropped if it still does not) and draw it.
+
+    With the classic variation and style this is the v1 generator (every draw from
+    ``rng``).  With the wide nodule family, sites and shapes come from the family's
+    streams of ``seed`` (``rng`` is not used); a non-classic style draws its surfaces
+    and textures from its own stream of ``seed``.
+    """
+    wide = variation is not None and variation.is_wide("nodules")
+    if wide or style != "classic":
+        _, rng_site, rng_shape = _nodule_streams(seed)
+        return _place_and_draw_wide(
+            canvas, specs, lung_pts, vessels, min_diameter, wide=wide, style=style,
+            rng_site=rng_site if wide else rng, rng_shape=_style_detail_rng(seed) if style != "classic" else rng_shape,
+            body=body, pose=pose,
+        )
     placed: list[tuple[np.ndarray, float]] = []
     out: list[PlantedNodule] = []
     for spec in specs:

@@ -112,20 +112,73 @@ class _Look:
 
 _SLICE_SPACINGS = (0.625, 0.75, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5)
 _SLICE_WEIGHTS = (0.14, 0.05, 0.06, 0.15, 0.25, 0.08, 0.12, 0.15)
+#: slice spacings (mm) of the wide ``acquisition`` family, and how often each is drawn
+_WIDE_SLICE_SPACINGS = (0.5, 0.6, 0.625, 0.75, 0.8, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
+_WIDE_SLICE_WEIGHTS = (0.06, 0.06, 0.1, 0.06, 0.06, 0.14, 0.14, 0.08, 0.12, 0.1, 0.08)
+
+
+def _draw_wide_body(rng: np.random.Generator) -> dict[str, float]:
+    """Wide ``body`` family: habitus, lung shape, diaphragm (incl. high domes), heart, mediastinum.
+
+    Lengths in mm; ``*_scale`` are factors on the classic sizes.
+    """
+    u = rng.uniform
+    return {
+        "W": u(122.0, 210.0),  # body half-width
+        "d_ratio": u(0.62, 0.92),  # half-depth / half-width
+        "H": u(150.0, 270.0),  # apex above the right dome: low values are high domes
+        "rec": u(25.0, 95.0),  # depth of the posterior costophrenic recess
+        "tf_log": u(math.log(1.5), math.log(45.0)),  # subcutaneous fat (mm, log)
+        "sq": u(0.05, 0.8),
+        "sqc": u(0.0, 0.5),
+        "dome_l": u(-15.0, 40.0),  # left dome below the right (negative: higher)
+        "dome_lat": u(8.0, 65.0),
+        "dome_ant": u(6.0, 45.0),
+        "top_narrow": u(0.15, 0.6),
+        "apx_fall": u(30.0, 90.0),
+        "pert_amp": u(0.0, 0.08),
+        "m0": u(-16.0, 20.0),
+        "med_scale": u(0.7, 1.45),
+        "heart_scale": u(0.75, 1.4),
+        "car_frac": u(0.5, 0.72),
+    }
+
+
+def _draw_wide_grid(rng: np.random.Generator) -> tuple[float, float]:
+    """Wide ``acquisition`` family: slice spacing (mm) and pixel spacing (mm, 0.5 to 0.98)."""
+    dz = float(rng.choice(_WIDE_SLICE_SPACINGS, p=_WIDE_SLICE_WEIGHTS))
+    return dz, float(rng.uniform(0.5, 0.98))
 
 
 def _sample_study(
     rng: np.random.Generator,
     shape_zyx: tuple[int, int, int] | None,
     spacing_zyx_mm: tuple[float, float, float] | None,
+    rng_body: np.random.Generator | None = None,
+    rng_grid: np.random.Generator | None = None,
 ) -> tuple[_Grid, _Pose, _Body, _Look]:
-    """Draw the geometry, the pose, the anatomy and the tissue look of one study."""
+    """Draw the geometry, the pose, the anatomy and the tissue look of one study.
+
+    ``rng`` is the classic stream and is consumed the same way whatever else is
+    given.  With ``rng_body`` (the wide ``body`` family's stream) the body habitus,
+    lung shape, diaphragm, heart and mediastinum come from wide ranges; with
+    ``rng_grid`` (the wide ``acquisition`` family's stream) the slice spacing (0.5
+    to 3 mm) and pixel spacing (0.5 to 0.98 mm) are drawn widely when the caller
+    fixed neither shape nor spacing.
+    """
     u = rng.uniform
+    wb = _draw_wide_body(rng_body) if rng_body is not None else None
+    wg = _draw_wide_grid(rng_grid) if rng_grid is not None else None
     # ---- raw body size (mm)
     W = u(128.0, 195.0)
     D = W * u(0.62, 0.86)
     H = u(170.0, 245.0) * (W / 160.0) ** 0.3
     rec = u(40.0, 75.0)
+    if wb is not None:
+        W = wb["W"]
+        D = W * wb["d_ratio"]
+        H = wb["H"] * (W / 160.0) ** 0.3
+        rec = wb["rec"]
     top_m, bot_m = u(10.0, 50.0), u(5.0, 45.0)
     zb_top, zb_bot = H + top_m, -rec - bot_m
     extent = zb_top - zb_bot
@@ -143,8 +196,12 @@ def _sample_study(
         if shape_zyx is None:
             nx = ny = 512
             dz = float(rng.choice(_SLICE_SPACINGS, p=_SLICE_WEIGHTS))
+            if wg is not None:
+                dz = wg[0]
             nz = int(np.clip(round(extent / dz) + 1, 100, 400))
             dx = float(np.clip((2 * W + margin) / nx, 0.6, 0.9))
+            if wg is not None:
+                dx = float(np.clip(max(wg[1], (2 * W + 12.0) / nx), 0.5, 0.98))
         else:
             dx = (2 * W + margin) / nx
             dz = extent / max(nz - 1, 1)
@@ -160,6 +217,8 @@ def _sample_study(
     # ---- body wall (mm)
     skin = u(1.5, 2.5)
     tf = math.exp(u(math.log(3.0), math.log(32.0))) * scale
+    if wb is not None:
+        tf = math.exp(wb["tf_log"]) * scale
     tfl, tfa, tfp = tf * u(1.0, 1.6), tf * u(0.6, 1.2), tf * u(0.5, 1.0)
     tml, tma, tmp = u(6.0, 14.0) * scale, u(10.0, 22.0) * scale, u(22.0, 36.0) * scale
     tr = u(9.0, 13.0) * scale
@@ -182,14 +241,21 @@ def _sample_study(
     hw_low, hw_mid, hw_up = u(18.0, 30.0) * scale, u(32.0, 46.0) * scale, u(22.0, 32.0) * scale
     dome_l = u(5.0, 25.0)
     h3 = u(42.0, 58.0) * scale ** 0.5
+    k_heart = 1.0
+    if wb is not None:
+        m0, z_car, dome_l = wb["m0"], H * wb["car_frac"], wb["dome_l"]
+        z_arch = z_car + (z_arch - H * 0.63)  # same arch offset, new carina
+        ms, k_heart = wb["med_scale"], wb["heart_scale"]
+        hw_low, hw_mid, hw_up = hw_low * ms, hw_mid * ms, hw_up * ms
+        h3 *= k_heart
     heart = tuple(
         float(v)
         for v in (
-            m0 + u(15.0, 35.0) * scale,
+            m0 + u(15.0, 35.0) * scale * k_heart,
             -Dac * u(0.1, 0.35),
             -dome_l + 0.85 * h3,
-            u(52.0, 70.0) * scale,
-            u(42.0, 55.0) * scale,
+            u(52.0, 70.0) * scale * k_heart,
+            u(42.0, 55.0) * scale * k_heart,
             h3,
             math.radians(u(25.0, 50.0)),
             u(0.15, 0.45),
@@ -215,6 +281,8 @@ def _sample_study(
         (z_car - u(25.0, 55.0), u(-0.1, 0.1), u(-0.1, 0.1)),
     )
     pert = tuple((u(0.0, 0.04), u(0.01, 0.05), u(0.0, 6.3)) for _ in range(4))
+    if wb is not None:
+        pert = tuple((p[0] / 0.04 * wb["pert_amp"], p[1], p[2]) for p in pert)
     # ---- scan range (body frame)
     span = (nz - 1) * dz
     if span >= extent:
@@ -222,6 +290,9 @@ def _sample_study(
     else:
         lo, hi = -rec, max(-rec, 0.92 * H - span)
         zb_lo = u(lo, hi)
+    shape_w: dict[str, float] = {}
+    if wb is not None:
+        shape_w = {k: wb[k] for k in ("sq", "sqc", "dome_lat", "dome_ant", "top_narrow", "apx_fall")}
     body = _Body(
         W=W, Da=Da, Dp=Dp, sq=u(0.1, 0.65), skin=skin,
         Wf=Wf, Daf=Daf, Dpf=Dpf,
@@ -239,6 +310,10 @@ def _sample_study(
         liver_a=m0 + u(10.0, 40.0), gas=gas, breasts=breasts, fissures=fissures,
         scan_zb=(zb_lo, zb_lo + span),
     )
+    if shape_w:
+        body.sq, body.sqc, body.dome_lat, body.dome_ant = shape_w["sq"], shape_w["sqc"], shape_w["dome_lat"], \
+            shape_w["dome_ant"]
+        body.top_narrow, body.apx_fall = shape_w["top_narrow"], shape_w["apx_fall"] * (body.Wc / 120.0) ** 0.5
     # ---- look (HU)
     contrast = bool(rng.random() < 0.2)
     blood = u(35.0, 50.0)

@@ -1,4 +1,5 @@
-"""Tapered tubes (vessels, airways, bones, spicules) drawn inside their bounding boxes."""
+"""Tapered tubes (vessels, airways, bones, spicules), balls, chains and plates drawn inside
+their bounding boxes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pacs_node.ml.phantom._geometry import _Canvas, _Pose
+from pacs_node.ml.phantom._geometry import _Canvas, _perpendicular, _Pose
 from pacs_node.ml.phantom.truth import Tissue
 
 
@@ -100,3 +101,55 @@ def _polyline(pose: _Pose, pts_abz: Sequence[Sequence[float]], radii: Sequence[f
     """Segments of a body-frame polyline, converted to world coordinates."""
     w = pose.to_world(np.asarray(pts_abz, dtype=np.float64))
     return [_Segment(w[i], w[i + 1], float(radii[i]), float(radii[i + 1])) for i in range(len(w) - 1)]
+
+
+def _paint_ball(
+    canvas: _Canvas, c: np.ndarray, r: float, hu: float, mode: str, label: int | None,
+    relabel: tuple[int, ...] = (Tissue.LUNG,), only: tuple[int, ...] | None = None,
+) -> None:
+    """Draw a ball of radius ``r`` (mm) centred at world ``c`` (LPS mm); see :func:`_paint_segment`."""
+    c = np.asarray(c, dtype=np.float64)
+    _paint_segment(canvas, _Segment(c, c, float(r), float(r)), hu, mode, label, relabel, only)
+
+
+def _paint_chain(
+    canvas: _Canvas, pts: np.ndarray, r0: float, r1: float, hu: float, label: int | None,
+    only: tuple[int, ...] | None, mode: str = "over",
+) -> None:
+    """Draw a polyline of world points ``(n, 3)`` (mm) whose radius goes from ``r0`` to ``r1`` (mm).
+
+    Voxels more than half inside take ``label`` if their label is one of ``only``.
+    """
+    n = len(pts)
+    radii = np.linspace(r0, r1, n)
+    for i in range(n - 1):
+        seg = _Segment(np.asarray(pts[i], dtype=np.float64), np.asarray(pts[i + 1], dtype=np.float64),
+                       float(radii[i]), float(radii[i + 1]))
+        _paint_segment(canvas, seg, hu, mode, label, only or (), only)
+
+
+def _paint_plate(
+    canvas: _Canvas, c: np.ndarray, normal: np.ndarray, half_length: float, half_width: float, thickness: float,
+    hu: float, label: int | None, only: tuple[int, ...] | None, rng: np.random.Generator,
+) -> None:
+    """Draw an elliptical plate (a sheet ``thickness`` mm thick) centred at world ``c`` (mm).
+
+    The plate lies across ``normal``, with semi-axes ``half_length`` and ``half_width``
+    (mm) turned by a random angle about the normal.  It is built of parallel
+    capsules, so it has rounded edges.
+    """
+    n = np.asarray(normal, dtype=np.float64)
+    n = n / (np.linalg.norm(n) + 1e-9)
+    e1 = _perpendicular(n)
+    e2 = np.cross(n, e1)
+    phi = float(rng.uniform(0.0, math.pi))
+    e1, e2 = math.cos(phi) * e1 + math.sin(phi) * e2, -math.sin(phi) * e1 + math.cos(phi) * e2
+    r = 0.5 * thickness
+    step = max(0.7 * thickness, 0.6)
+    for k in np.arange(-half_width, half_width + 1e-6, step):
+        chord = half_length * math.sqrt(max(0.0, 1.0 - (k / (half_width + 1e-9)) ** 2))
+        if chord <= 0.0:
+            continue
+        p = np.asarray(c, dtype=np.float64) + k * e2
+        seg = _Segment(p - chord * e1, p + chord * e1, r, r)
+        _paint_segment(canvas, seg, hu, "over", label, only or (), only)

@@ -6,6 +6,12 @@ segment inside each segment's bounding box, nodules are drawn inside their own
 boxes, and a CT acquisition (point spread, kernel sharpening, spatially correlated
 noise, streaks, calibration offsets) is applied slab by slab.  Nothing is computed
 over the full volume per object, so a 512 x 512 x 300 study takes seconds.
+
+With a :class:`.Variation`, each wide family draws its study-level parameters from
+its own stream (:func:`.variation.family_rng`) first, then the objects it adds
+(airway rings, mucus plugs, bullae, bands, plaques, vessel ends) from a child of
+that stream, so switching one family on or off leaves the others' draws unchanged;
+the classic streams are consumed exactly as by the classic generator.
 """
 
 from __future__ import annotations
@@ -16,13 +22,23 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom.uid import generate_uid
 
-from pacs_node.ml.phantom._acquisition import _acquire, _sample_acquisition
+from pacs_node.ml.phantom._acquisition import _acquire, _sample_acquisition, _sample_wide_acquisition
+from pacs_node.ml.phantom._airways import _draw_airways, _render_airway_extras
 from pacs_node.ml.phantom._anatomy import _render_base, _render_mediastinum
 from pacs_node.ml.phantom._geometry import _Canvas, _sample_lung_points
+from pacs_node.ml.phantom._lungmodel import _LungModel
 from pacs_node.ml.phantom._nodules import _draw_nodule_specs, _place_and_render_nodules
+from pacs_node.ml.phantom._parenchyma import _draw_parenchyma, _Parenchyma, _render_lesions
+from pacs_node.ml.phantom._pleura import _draw_pleura, _Pleura, _render_plaques
 from pacs_node.ml.phantom._study import _sample_study
-from pacs_node.ml.phantom._vessels import _render_trees
+from pacs_node.ml.phantom._vessels import BRANCHING, _draw_vessels, _render_trees, _render_vessel_ends
 from pacs_node.ml.phantom.truth import NODULE_TYPES, NoduleType, Phantom
+from pacs_node.ml.phantom.variation import FAMILIES, Variation, family_rng, style_rng
+
+
+def _child(rng: np.random.Generator) -> np.random.Generator:
+    """An independent stream for the objects a family adds, after its study-level draws."""
+    return np.random.default_rng(int(rng.integers(2**63)))
 
 
 def generate_phantom(
@@ -34,6 +50,7 @@ def generate_phantom(
     nodule_types: Sequence[NoduleType] | None = None,
     diameter_range_mm: tuple[float, float] = (3.0, 30.0),
     keep_labels: bool = True,
+    variation: Variation | None = None,
 ) -> Phantom:
     """Generate one synthetic chest CT study.
 
@@ -62,6 +79,9 @@ def generate_phantom(
         favours 4 to 12 mm.
     keep_labels
         Keep the :class:`Tissue` label volume in :attr:`Phantom.labels`.
+    variation
+        Families drawn from wide ranges and styles allowed (:mod:`.variation`);
+        default :meth:`Variation.classic`, the v1 generator (same seed, same study).
 
     Returns
     -------
@@ -78,18 +98,57 @@ def generate_phantom(
         raise ValueError(f"seed must be >= 0, got {seed}")
     if n_nodules is not None and n_nodules < 0:
         raise ValueError(f"n_nodules must be >= 0, got {n_nodules}")
+    variation = variation or Variation.classic()
     seq = np.random.SeedSequence(int(seed))
+    # the classic streams; each wide family draws from its own (variation.family_rng)
     rng_anat, rng_tree, rng_nod, rng_acq = (np.random.default_rng(s) for s in seq.spawn(4))
-    grid, pose, body, look = _sample_study(rng_anat, shape_zyx, spacing_zyx_mm)
+    style = variation.draw_style(seed)
+    wide = {f: family_rng(seed, f) if variation.is_wide(f) else None for f in FAMILIES if f != "nodules"}
+    grid, pose, body, look = _sample_study(rng_anat, shape_zyx, spacing_zyx_mm, wide["body"], wide["acquisition"])
+    # study-level draws of the wide families, each from its own stream, before any object
+    rng_p, rng_pl, rng_v, rng_aw = wide["parenchyma"], wide["pleura"], wide["vessels"], wide["airways"]
+    par = _draw_parenchyma(rng_p) if rng_p is not None else _Parenchyma.classic(look)
+    pleura = _draw_pleura(rng_pl, body) if rng_pl is not None else _Pleura.classic(body, look)
+    body.fissures = pleura.fissures
+    ends_params = None
+    if rng_v is not None:
+        look, ends_params = _draw_vessels(rng_v, look)
+    airways = _draw_airways(rng_aw) if rng_aw is not None else None
+    rng_style = style_rng(seed)
+    model = None
+    if style != "classic" or rng_p is not None or rng_pl is not None:
+        model = _LungModel(par, pleura, body, style, _child(rng_style), _child(rng_p or family_rng(seed, "parenchyma")),
+                           _child(rng_pl or family_rng(seed, "pleura")))
     canvas = _Canvas.empty(grid)
-    _render_base(canvas, pose, body, look, rng_anat)
+    _render_base(canvas, pose, body, look, rng_anat, model)
     roots = _render_mediastinum(canvas, pose, body, look)
     lung_pts = _sample_lung_points(canvas, rng_tree, 150_000)
-    vessels = _render_trees(canvas, pose, body, look, rng_tree, roots, lung_pts)
-    specs = _draw_nodule_specs(rng_nod, n_nodules, nodule_types, diameter_range_mm)
-    nodules = _place_and_render_nodules(canvas, rng_nod, specs, lung_pts, vessels, diameter_range_mm[0])
+    rng_grow = rng_tree
+    if rng_v is not None or style != "classic":
+        rng_grow = _child(rng_v if rng_v is not None else rng_style)
+    ends: list[tuple[np.ndarray, float, float]] | None = [] if ends_params is not None else None
+    vessels = _render_trees(canvas, pose, body, look, rng_grow, roots, lung_pts, BRANCHING[style],
+                            airways.walls if airways is not None else None, ends)
+    # the mimics each wide family adds (before the nodules, so that nodules stay on top)
+    mimics: dict[str, int] = {}
+    if airways is not None and rng_aw is not None:
+        mimics.update(_render_airway_extras(canvas, airways, _child(rng_aw), lung_pts, look.artery))
+    if rng_p is not None:
+        mimics.update(_render_lesions(canvas, pose, body, par, _child(rng_p), lung_pts))
+    if rng_pl is not None:
+        mimics.update(_render_plaques(canvas, pleura, _child(rng_pl), lung_pts))
+    if ends_params is not None and ends is not None and rng_v is not None:
+        mimics["vessel_ends"] = _render_vessel_ends(canvas, _child(rng_v), lung_pts, ends, ends_params)
+    specs = _draw_nodule_specs(rng_nod, n_nodules, nodule_types, diameter_range_mm, variation=variation,
+                               style=style, seed=seed)
+    nodules = _place_and_render_nodules(canvas, rng_nod, specs, lung_pts, vessels, diameter_range_mm[0],
+                                        variation=variation, style=style, seed=seed, body=body, pose=pose)
     acq = _sample_acquisition(rng_acq, grid, pose, body)
-    volume = _acquire(canvas, body, pose, acq, rng_acq)
+    rng_noise = rng_acq
+    if wide["acquisition"] is not None:
+        acq = _sample_wide_acquisition(wide["acquisition"], grid, pose, body)
+        rng_noise = _child(wide["acquisition"])
+    volume = _acquire(canvas, body, pose, acq, rng_noise)
     ident = [f"pacs-node-phantom-{int(seed)}"]
     info: dict[str, float | int | str | bool] = {
         "body_half_width_mm": round(body.W, 1),
@@ -97,7 +156,18 @@ def generate_phantom(
         "lung_height_mm": round(body.H, 1),
         "contrast": look.contrast,
         "patient_roll_deg": round(math.degrees(pose.theta), 2),
+        "style": style,
+        "wide_families": ",".join(sorted(variation.families)) or "none",
+        "slice_thickness_mm": round(max(acq.slice_thickness_mm, grid.spacing[0]), 3),
+        "parenchyma_hu": round(par.hu, 1),
+        "emphysema": round(par.emph, 3),
+        "dependent_hu": round(par.dep_amp, 1),
+        "fissure_hu": round(pleura.fissure_amp, 1),
+        "pleural_thickening_mm": round(pleura.thick_mm, 2),
+        "vessel_density": round(look.vessel_density, 3),
+        "bronchus_r_min_mm": round(airways.walls.r_min if airways else look.bronchus_r_min, 3),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acq.summary().items()},
+        **mimics,
     }
     return Phantom(
         volume_hu=volume,

@@ -29,6 +29,7 @@ from pacs_node.ml.ct_series import SeriesIdentity, write_ct_series
 from pacs_node.ml.luna16 import LUNA16_SUBSET, Luna16Annotation, write_luna16_annotations, write_mhd
 from pacs_node.ml.phantom.generate import generate_phantom
 from pacs_node.ml.phantom.truth import Phantom
+from pacs_node.ml.phantom.variation import Variation
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +163,15 @@ def generate_studies(
     *,
     shape_zyx: tuple[int, int, int] | None = None,
     spacing_zyx_mm: tuple[float, float, float] | None = None,
+    variation: Variation | None = None,
 ) -> list[Path]:
     """Generate ``studies`` phantoms and write them in format ``fmt``.
 
     Study ``i`` is generated from :func:`study_seed` ``(seed, i)``, so a set can be
     extended or regenerated study by study.  ``dicom`` writes one folder per study
     (``study_0000``...); ``luna16`` writes the LUNA16 layout into ``out_dir``.
+    ``variation``: the generator's wide families and styles (default
+    :meth:`Variation.classic`, the v1 generator).
 
     Returns
     -------
@@ -182,7 +186,8 @@ def generate_studies(
 
     def phantoms() -> Iterable[tuple[int, Phantom]]:
         for i in range(studies):
-            p = generate_phantom(study_seed(seed, i), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm)
+            p = generate_phantom(study_seed(seed, i), shape_zyx=shape_zyx, spacing_zyx_mm=spacing_zyx_mm,
+                                 variation=variation)
             log.info("event=phantom_generated index=%d seed=%d nodules=%d slices=%d",
                      i, p.seed, len(p.nodules), p.shape_zyx[0])
             yield i, p

@@ -19,8 +19,10 @@ import numpy as np
 
 
 NoduleType = Literal["solid", "part-solid", "ground-glass", "calcified"]
-Margin = Literal["smooth", "lobulated", "spiculated"]
-Location = Literal["free", "juxtapleural", "juxtavascular"]
+# the classic generator draws from the first three of each (with fixed probabilities);
+# the later names come from the wide nodule family (see ``variation``)
+Margin = Literal["smooth", "lobulated", "spiculated", "irregular"]
+Location = Literal["free", "juxtapleural", "juxtavascular", "juxtamediastinal", "perifissural"]
 
 NODULE_TYPES: tuple[str, ...] = get_args(NoduleType)
 MARGINS: tuple[str, ...] = get_args(Margin)
@@ -57,10 +59,14 @@ class PlantedNodule:
     type
         ``"solid"``, ``"part-solid"``, ``"ground-glass"`` or ``"calcified"``.
     margin
-        ``"smooth"``, ``"lobulated"`` or ``"spiculated"``.
+        ``"smooth"``, ``"lobulated"``, ``"spiculated"`` or ``"irregular"`` (a low-order,
+        bumpy deformation of the outline).
     location
-        ``"free"`` (surrounded by lung), ``"juxtapleural"`` (touching the costal,
-        mediastinal or diaphragmatic pleura) or ``"juxtavascular"`` (touching a vessel).
+        ``"free"`` (surrounded by lung), ``"juxtapleural"`` (touching the costal or
+        diaphragmatic pleura; classic studies also count the mediastinal pleura here),
+        ``"juxtavascular"`` (touching a vessel), ``"juxtamediastinal"`` (abutting the
+        mediastinum or the heart border) or ``"perifissural"`` (flattened along a
+        fissure, lentiform or triangular in section).
     solid_core_diameter_mm
         Diameter (mm) of the solid component of a part-solid nodule, or of the
         calcified core of a centrally calcified nodule; ``None`` otherwise.
@@ -71,6 +77,9 @@ class PlantedNodule:
         diffusely calcified ones.
     core_attenuation_hu
         Nominal attenuation (HU) of the core given by ``solid_core_diameter_mm``.
+    cavitary
+        The nodule has an air-filled cavity inside; ``diameter_mm`` is then that of the
+        outer outline (wall and cavity together).
     """
 
     centre_xyz_mm: tuple[float, float, float]
@@ -81,6 +90,7 @@ class PlantedNodule:
     solid_core_diameter_mm: float | None = None
     attenuation_hu: float = 0.0
     core_attenuation_hu: float | None = None
+    cavitary: bool = False
 
     def __post_init__(self) -> None:
         if len(self.centre_xyz_mm) != 3:
@@ -99,10 +109,14 @@ class PlantedNodule:
             0.0 < self.solid_core_diameter_mm <= self.diameter_mm
         ):
             raise ValueError(f"solid_core_diameter_mm out of range: {self.solid_core_diameter_mm}")
+        if not isinstance(self.cavitary, bool):
+            raise TypeError(f"cavitary must be a bool, got {self.cavitary!r}")
+        if self.cavitary and self.type == "ground-glass":
+            raise ValueError("a ground-glass nodule cannot be cavitary")
 
     def to_dict(self) -> dict[str, object]:
-        """Plain JSON-able form (the ``truth.json`` entry)."""
-        return {
+        """Plain JSON-able form (the ``truth.json`` entry); ``cavitary`` only when true."""
+        d: dict[str, object] = {
             "centre_xyz_mm": [round(float(v), 3) for v in self.centre_xyz_mm],
             "diameter_mm": round(float(self.diameter_mm), 3),
             "type": self.type,
@@ -116,6 +130,9 @@ class PlantedNodule:
             if self.core_attenuation_hu is None
             else round(float(self.core_attenuation_hu), 1),
         }
+        if self.cavitary:
+            d["cavitary"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> PlantedNodule:
@@ -144,7 +161,14 @@ class PlantedNodule:
             solid_core_diameter_mm=num("solid_core_diameter_mm", optional=True),
             attenuation_hu=num("attenuation_hu", optional=True) or 0.0,
             core_attenuation_hu=num("core_attenuation_hu", optional=True),
+            cavitary=_flag(d.get("cavitary", False), "cavitary"),
         )
+
+
+def _flag(v: object, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{key} must be true or false, got {v!r}")
+    return v
 
 
 @dataclass(frozen=True, eq=False)
