@@ -24,6 +24,7 @@ import torch
 
 from pacs_node.analyze.findings import Finding, NoduleType
 from pacs_node.ml.canonical import Grid
+from pacs_node.ml.lungs import LungMask
 from pacs_node.ml.measure import measure_nodule
 from pacs_node.ml.modelcard import ModelCard, ModelError, read_model_card, sha256_file
 from pacs_node.ml.network import TYPE_NAMES, NoduleNet, normalise_hu
@@ -67,12 +68,26 @@ class Detection:
         Candidates the classifier scored.
     lung_ml
         Volume of the filled lung mask (mL).
+    candidates_lps_mm
+        ``N x 3`` front-end candidate centres (patient LPS, mm) before the CNN, in the
+        order of ``scored``; ``None`` when not recorded.
+    scored
+        The CNN's outputs for every candidate (refined centres LPS mm, score, type
+        probabilities, diameter mm), before merging and thresholding.
+    lungs
+        The lung masks; ``lungs.region`` is the grid nodule centres are searched in.
+
+    The last three exist for evaluation (:mod:`pacs_node.ml.stages`): they tell at
+    which step of the pipeline a nodule was lost.
     """
 
     findings: list[Finding]
     timings_s: dict[str, float]
     n_candidates: int
     lung_ml: float
+    candidates_lps_mm: np.ndarray | None = None
+    scored: Scored | None = None
+    lungs: LungMask | None = None
 
 
 class Detector:
@@ -168,7 +183,8 @@ class Detector:
         timings["total"] = time.perf_counter() - t_total
         log.info("event=detect model=%s candidates=%d findings=%d %s", self.card.name, len(fe.candidates),
                  len(findings), " ".join(f"{k}_s={v:.2f}" for k, v in timings.items()))
-        return Detection(findings, timings, len(fe.candidates), fe.lungs.lung_ml)
+        return Detection(findings, timings, len(fe.candidates), fe.lungs.lung_ml,
+                         candidates_lps_mm=fe.candidates.centres_lps_mm, scored=scored, lungs=fe.lungs)
 
     def score_candidates(self, fine: Grid, centres_lps_mm: np.ndarray) -> Scored:
         """Run the network on patches around points (LPS mm) of a fine grid.

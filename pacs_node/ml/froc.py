@@ -41,13 +41,9 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +185,14 @@ class FrocResult:
         return float(above[-1])
 
     def breakdown(self, fps_per_scan: float) -> dict[str, Any]:
-        """Sensitivity overall, by size class and by type at an operating point."""
-        threshold = self.threshold_at(fps_per_scan)
+        """Sensitivity overall, by size class and by type at an operating point (FPs/scan)."""
+        return {"fps_per_scan": fps_per_scan, **self.breakdown_at_score(self.threshold_at(fps_per_scan))}
+
+    def breakdown_at_score(self, threshold: float) -> dict[str, Any]:
+        """Sensitivity overall, by size class and by type of the marks scoring ``threshold`` or more.
+
+        This is how a model's own operating point (its card's ``report_score``) is read.
+        """
 
         def count(outcomes: Iterable[NoduleOutcome]) -> dict[str, Any]:
             outcomes = list(outcomes)
@@ -201,7 +203,6 @@ class FrocResult:
         types = sorted({o.reference.type or "unknown" for o in self.nodules})
         n_fp = int(np.sum(self.false_positive_scores >= threshold))
         return {
-            "fps_per_scan": fps_per_scan,
             "threshold": _finite_or_none(threshold),
             "false_positives": n_fp,
             "false_positives_per_scan": n_fp / self.n_scans,
@@ -288,12 +289,12 @@ def score_findings(
         n_candidates += len(cands)
         points = np.array([c.centre_xyz_mm for c in cands], dtype=float).reshape(-1, 3)
         scores = np.array([c.score for c in cands], dtype=float)
-        hit_included = _hits(refs, points)
+        hit_included = hit_matrix(refs, points)
         for ref, hits in zip(refs, hit_included):
             best = float(scores[hits].max()) if hits.any() else None
             outcomes.append(NoduleOutcome(uid, ref, best))
         on_nodule = hit_included.any(axis=0)
-        on_excluded = _hits(list(excluded.get(uid, ())), points).any(axis=0) & ~on_nodule
+        on_excluded = hit_matrix(list(excluded.get(uid, ())), points).any(axis=0) & ~on_nodule
         n_ignored += int(on_excluded.sum())
         fp_scores.extend(scores[~on_nodule & ~on_excluded].tolist())
 
@@ -303,14 +304,26 @@ def score_findings(
     return FrocResult(len(scans), tuple(outcomes), fp, n_candidates, n_ignored, fps, sens, thresholds)
 
 
-def _hits(refs: Sequence[Reference], points: np.ndarray) -> np.ndarray:
-    """``[reference, candidate]`` booleans: candidate strictly within R of the centre."""
+def hit_matrix(refs: Sequence[Reference], points_lps_mm: np.ndarray, min_radius_mm: float = 0.0) -> np.ndarray:
+    """``[reference, point]`` booleans: the point lies strictly within R of the reference's centre.
+
+    Parameters
+    ----------
+    refs
+        Reference nodules (world LPS, mm).
+    points_lps_mm
+        ``N x 3`` marks (world LPS, mm).
+    min_radius_mm
+        Floor under R = diameter / 2 (mm); 0, the LUNA16 rule, by default.
+    """
+    points = np.asarray(points_lps_mm, dtype=float).reshape(-1, 3)
     if not refs:
         return np.zeros((0, len(points)), dtype=bool)
     centres = np.array([r.centre_xyz_mm for r in refs], dtype=float)
-    radius2 = (np.array([r.diameter_mm for r in refs], dtype=float) / 2.0) ** 2
+    radius = np.maximum(np.array([r.diameter_mm for r in refs], dtype=float) / 2.0, min_radius_mm)
     d2 = ((centres[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
-    return d2 < radius2[:, None]
+    return d2 < (radius ** 2)[:, None]
+
 
 
 def _froc_points(tp: np.ndarray, fp: np.ndarray, n_nodules: int, n_scans: int

@@ -7,18 +7,34 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import highdicom as hd
 import numpy as np
 import pytest
 from PIL import Image
 
 from pacs_node.analyze.findings import Finding
 from pacs_node.analyze.volume import read_mhd_volume
-from pacs_node.ml.evaluate import evaluate_model
+from pacs_node.ml.canonical import Grid
+from pacs_node.ml.detector import Detection, Detector, Scored
+from pacs_node.ml.evaluate import EvaluationError, default_out_dir, evaluate_model, format_summary
 from pacs_node.ml.froc import FP_RATES, Candidate, Reference, save_froc_png, score_findings
+from pacs_node.ml.gallery import Gallery
 from pacs_node.ml.luna16 import read_luna16_annotations
+from pacs_node.ml.modelcard import Inference, Thresholds
 from pacs_node.ml.phantom import generate_studies
+from pacs_node.ml.stages import (
+    CANDIDATE_FLOOR_MM,
+    STAGES,
+    StageData,
+    format_stage_table,
+    misses_worst_first,
+    stage_recall,
+    trace_scan,
+)
 
 TINY = {"shape_zyx": (40, 64, 64), "spacing_zyx_mm": (2.5, 2.0, 2.0)}
 
@@ -235,6 +251,7 @@ _REPORT_KEYS = {
     "format", "model_dir", "data_dir", "data_format", "cpm", "fp_rates", "sensitivities", "n_scans",
     "n_nodules", "n_detected", "n_candidates", "n_false_positives", "n_ignored_on_excluded",
     "false_positives_per_scan", "operating_point", "at_fp_rates", "froc", "missed", "timings",
+    "report_score", "at_report_score", "stages", "misses", "false_positives", "failed_scans",
 }
 
 
@@ -251,6 +268,11 @@ def _check_report(report: dict, out: Path, n_nodules: int) -> None:
     assert set(report["operating_point"]["by_size"]) == {"<6 mm", "6-10 mm", ">10 mm"}
     assert len(report["timings"]["per_scan"]) == 2
     assert all(t["detect_s"] >= 0 and t["load_s"] >= 0 for t in report["timings"]["per_scan"])
+    # detect() only: its findings are the operating point, and the stages are unknown
+    assert report["stages"]["available"] is False and report["report_score"] is None
+    assert report["misses"] == [] and report["failed_scans"] == []
+    assert [f["score"] for f in report["false_positives"]] == [0.5, 0.5]
+    assert "gallery" not in report and not (out / "misses.png").exists()
 
 
 def test_evaluate_model_on_two_luna16_phantoms_writes_the_report(tmp_path: Path) -> None:
@@ -290,11 +312,18 @@ def test_evaluate_model_on_dicom_phantom_studies(tmp_path: Path) -> None:
 
 
 def test_evaluate_model_refuses_a_folder_without_scans(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no subset"):
-        evaluate_model(tmp_path, tmp_path, "luna16", tmp_path / "out", detector=_OracleDetector({}))
+    model, data = tmp_path / "model", tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(EvaluationError, match=r"no subset\*/\*\.mhd scans; expected the LUNA16 layout"):
+        evaluate_model(model, data, "luna16", tmp_path / "out", detector=_OracleDetector({}))
+    with pytest.raises(EvaluationError, match="no study_\\* folders"):
+        evaluate_model(model, data, "dicom", tmp_path / "out", detector=_OracleDetector({}))
+    with pytest.raises(EvaluationError, match="no such folder"):
+        evaluate_model(model, tmp_path / "nowhere", "luna16", tmp_path / "out", detector=_OracleDetector({}))
     with pytest.raises(ValueError, match="fmt"):
-        evaluate_model(tmp_path, tmp_path, "nifti", tmp_path / "out",  # type: ignore[arg-type]
+        evaluate_model(model, data, "nifti", tmp_path / "out",  # type: ignore[arg-type]
                        detector=_OracleDetector({}))
+    assert not (tmp_path / "out").exists()
 
 
 def test_reference_and_candidate_validate_their_arguments() -> None:
@@ -304,3 +333,291 @@ def test_reference_and_candidate_validate_their_arguments() -> None:
         Reference((0, 0), 5.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="score"):
         Candidate((0, 0, 0), math.nan)
+
+
+# --- where nodules are lost: stages, misses, false positives, galleries, the command ----------------
+
+MODEL = Path(__file__).resolve().parents[2] / "models" / "lung-nodule-synthetic-v1"
+
+
+def _cube_region(keep_x_below: float) -> Grid:
+    """A 10 mm search region over x, y, z in [-200, 200] mm, inside where x < ``keep_x_below``."""
+    affine = np.zeros((4, 4))
+    affine[0, 2] = affine[1, 1] = affine[2, 0] = 10.0  # [z, y, x] -> LPS (x, y, z)
+    affine[:3, 3] = -200.0
+    affine[3, 3] = 1.0
+    x = np.arange(41) * 10.0 - 200.0
+    return Grid(np.broadcast_to(x < keep_x_below, (41, 41, 41)).copy(), affine)
+
+
+def _at(x: float) -> tuple[float, float, float]:
+    return (x, 0.0, 0.0)
+
+
+def _finding(x: float, score: float, long_axis: float = 6.0) -> Finding:
+    return Finding(_at(x), long_axis, 4.0, 100.0, "solid", score)
+
+
+def _one_scan_of_every_fate() -> tuple[list[Reference], StageData, list[Finding]]:
+    """Six nodules on the x axis, each lost at a different stage or found (report_score 0.5)."""
+    refs = [
+        Reference(_at(200), 12.0, "solid"),        # A: outside the region (x < 150)
+        Reference(_at(0), 8.0, "ground-glass"),    # B: no candidate within 4 mm
+        Reference(_at(40), 10.0, "solid"),         # C: candidate, but the CNN scores it 0.3
+        Reference(_at(80), 6.0, "solid"),          # D: scored 0.9, but no finding there (merged away)
+        Reference(_at(120), 7.0, "solid"),         # E: found
+        Reference(_at(-50), 3.0, "solid"),         # F: found; candidate 2.5 mm off (> R, < the floor)
+    ]
+    candidates = np.array([_at(41), _at(81), _at(121), _at(-47.5), _at(-100), _at(300)])
+    scored = Scored(np.array([_at(40.5), _at(80.5), _at(120.2), _at(-50.5), _at(-100), _at(300)]),
+                    np.array([0.3, 0.9, 0.95, 0.9, 0.8, 0.2]), np.full((6, 4), 0.25),
+                    np.array([9.0, 6.0, 7.0, 3.0, 5.0, 4.0]))
+    findings = [_finding(120.2, 0.95), _finding(-50.5, 0.9), _finding(-100, 0.8, 4.6), _finding(300, 0.2)]
+    return refs, StageData(_cube_region(150.0), candidates, scored), findings
+
+
+def test_each_nodule_is_reported_lost_at_the_first_stage_it_fails() -> None:
+    refs, data, findings = _one_scan_of_every_fate()
+    traces, fps = trace_scan("s1", refs, findings, 0.5, data)
+    assert [t.lost_at for t in traces] == ["region", "candidate", "score", "merge", None, None]
+    assert [t.found for t in traces] == [False, False, False, False, True, True]
+    assert traces[1].nearest_candidate_mm == pytest.approx(41.0)  # B: the candidate at x = 41
+    assert traces[1].best_score is None
+    assert traces[2].best_score == pytest.approx(0.3)  # C: the CNN's score of its candidate
+    assert traces[3].best_score == pytest.approx(0.9)
+    table = stage_recall(traces, stages_available=True)
+    assert table["overall"]["recall"] == pytest.approx(
+        {"region": 5 / 6, "candidate": 4 / 6, "score": 3 / 6, "merge": 2 / 6})
+    assert table["overall"]["lost_at"] == {"region": 1, "candidate": 1, "score": 1, "merge": 1}
+    assert table["overall"]["recall_found"] == pytest.approx(2 / 6)
+    assert table["by_size"][">10 mm"]["recall"]["region"] == 0.0  # A, 12 mm
+    assert table["by_size"]["<6 mm"]["recall"] == {s: 1.0 for s in STAGES}  # F, 3 mm, thanks to the floor
+    assert table["by_type"]["ground-glass"]["lost_at"]["candidate"] == 1
+    assert [t.reference.diameter_mm for t in misses_worst_first(traces)] == [12.0, 10.0, 8.0, 6.0]
+    # one false positive at the operating point: the 0.2 finding is below it
+    assert [(f.centre_xyz_mm, f.score, f.diameter_mm, f.long_axis_mm) for f in fps] == [
+        (_at(-100), 0.8, 5.0, 4.6)]
+    assert trace_scan("s1", refs, findings, 0.5, data, excluded=[Reference(_at(-101), 6.0)])[1] == []
+
+
+def test_without_the_floor_radius_a_tiny_nodule_would_lose_its_candidate() -> None:
+    refs, data, findings = _one_scan_of_every_fate()
+    assert CANDIDATE_FLOOR_MM > 2.5 > refs[5].diameter_mm / 2
+    far = StageData(data.region, data.candidates_lps_mm + np.array([CANDIDATE_FLOOR_MM - 2.5 + 0.1, 0, 0]),
+                    data.scored)
+    tiny = trace_scan("s1", refs[5:], [], 0.5, far)[0][0]  # no finding on it either
+    assert tiny.lost_at == "candidate"
+    assert tiny.nearest_candidate_mm == pytest.approx(CANDIDATE_FLOOR_MM + 0.1)
+
+
+def test_an_unanalysable_scan_loses_its_nodules_at_the_region_stage() -> None:
+    refs, _, _ = _one_scan_of_every_fate()
+    traces, fps = trace_scan("s1", refs, [], 0.5, StageData.unanalysable())
+    assert {t.lost_at for t in traces} == {"region"} and fps == []
+
+
+def test_without_stages_only_found_or_missed_is_reported() -> None:
+    refs, _, findings = _one_scan_of_every_fate()
+    traces, fps = trace_scan("s1", refs, findings, None, None)
+    assert [t.found for t in traces] == [False, False, False, False, True, True]
+    assert all(t.lost_at is None for t in traces)
+    assert len(fps) == 2  # the 0.8 and the 0.2: detect() output is all at the operating point
+    table = stage_recall(traces, stages_available=False)
+    assert not table["available"] and "recall" not in table["overall"]
+    assert "unavailable" in format_stage_table(table)
+
+
+def _volume_marks(volume: hd.Volume, k: int) -> tuple[float, float, float]:
+    """An LPS point near the volume's corner (index (2, 2, 2 + 6k)): lung-free, never a nodule."""
+    return tuple(float(v) for v in volume.affine[:3, :3] @ np.array([2.0, 2.0, 2.0 + 6 * k]) + volume.affine[:3, 3])
+
+
+class _StagedOracle:
+    """Stub with ``run()``: a candidate, a 0.9 score and a finding on every true nodule, except that
+    nodules in ``outside`` lie outside its search region (and get nothing); FPs with ``fp_scores``."""
+
+    card = SimpleNamespace(thresholds=Thresholds(report_score=0.5, min_score=0.02))
+
+    def __init__(self, marks_by_middle: dict[tuple[float, ...], list[tuple[float, float, float]]],
+                 outside: set[tuple[float, float, float]] = frozenset(),  # type: ignore[assignment]
+                 fp_scores: tuple[float, ...] = (0.9, 0.7, 0.6, 0.3)) -> None:
+        self.marks_by_middle = marks_by_middle
+        self.outside = outside
+        self.fp_scores = fp_scores
+
+    def detect(self, volume: hd.Volume) -> list[Finding]:
+        raise AssertionError("run() must be used when a detector has it")
+
+    def run(self, volume: hd.Volume, min_score: float | None = None) -> Detection:
+        assert min_score == self.card.thresholds.min_score  # the FROC needs every finding
+        region = np.ones(volume.spatial_shape, dtype=bool)
+        hits = []
+        for c in self.marks_by_middle[_middle(volume.affine, volume.spatial_shape)]:
+            if tuple(c) in self.outside:
+                i = np.rint(volume.map_reference_to_indices(np.array([c]))[0]).astype(int)
+                region[tuple(slice(max(v - 3, 0), v + 4) for v in i)] = False
+            else:
+                hits.append(c)
+        fps = [_volume_marks(volume, k) for k in range(len(self.fp_scores))]
+        points = np.array([*hits, *fps], dtype=float).reshape(-1, 3)
+        scores = np.array([0.9] * len(hits) + list(self.fp_scores))
+        scored = Scored(points, scores, np.full((len(points), 4), 0.25), np.full(len(points), 5.0))
+        findings = [Finding(tuple(p), 5.0, 4.0, 60.0, "solid", float(s)) for p, s in zip(points, scores)]
+        return Detection(findings, {"total": 0.0}, len(points), 1000.0, candidates_lps_mm=points, scored=scored,
+                         lungs=SimpleNamespace(region=Grid(region, volume.affine)))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def dicom_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, list[tuple[float, float, float]]]:
+    """Two tiny DICOM phantom studies; their nodules by volume middle, and all nodule centres in order."""
+    data = tmp_path_factory.mktemp("pair")
+    studies = generate_studies(data, 2, seed=3, fmt="dicom", **TINY)
+    middles: dict[tuple[float, ...], list[tuple[float, float, float]]] = {}
+    centres = []
+    for study in studies:
+        truth = json.loads((study / "truth.json").read_text())
+        spacing_xyz = np.array(truth["spacing_zyx_mm"][::-1])
+        size_xyz = np.array(truth["shape_zyx"][::-1])
+        middle = np.array(truth["origin_xyz_mm"]) + spacing_xyz * (size_xyz - 1) / 2
+        middles[tuple(np.round(middle, 1).tolist())] = [tuple(n["centre_xyz_mm"]) for n in truth["nodules"]]
+        centres += [tuple(n["centre_xyz_mm"]) for n in truth["nodules"]]
+    assert len(middles) == 2 and len(centres) >= 2
+    return data, middles, centres
+
+
+def test_a_detector_that_finds_everything_keeps_every_nodule_at_every_stage(
+        dicom_pair: tuple[Path, dict, list], tmp_path: Path) -> None:
+    data, middles, centres = dicom_pair
+    report = evaluate_model(tmp_path / "model", data, "dicom", tmp_path / "eval", detector=_StagedOracle(middles),
+                            gallery=3)
+    stages = report["stages"]
+    assert stages["available"] and stages["stages"] == list(STAGES)
+    assert stages["overall"]["nodules"] == len(centres)
+    assert stages["overall"]["recall"] == {s: 1.0 for s in STAGES}
+    assert report["misses"] == []
+    assert report["report_score"] == 0.5
+    assert report["at_report_score"]["sensitivity"] == 1.0
+    # two scans x three FPs at or above 0.5, highest first; the 0.3 ones are below the operating point
+    assert [f["score"] for f in report["false_positives"]] == [0.9, 0.9, 0.7, 0.7, 0.6, 0.6]
+    assert report["at_report_score"]["false_positives"] == 6
+    assert all(f["diameter_mm"] == 5.0 and f["type"] == "solid" for f in report["false_positives"])
+    assert report["gallery"] == {"misses": {"file": "misses.png", "panels": 0},
+                                 "false_positives": {"file": "false_positives.png", "panels": 3}}
+    for name in ("misses.png", "false_positives.png"):
+        assert (tmp_path / "eval" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = format_summary(report, tmp_path / "eval").splitlines()
+    assert summary[1].startswith(f"CPM {report['cpm']:.3f}   sensitivity at FPs/scan  1/8: ")
+    assert "  merge" in "\n".join(summary) and summary[-2] == "lost at: region 0, candidate 0, score 0, merge 0"
+    assert summary[-1].startswith(f"report: {(tmp_path / 'eval' / 'report.json').resolve()}")
+
+
+def test_a_nodule_outside_the_search_region_is_lost_at_the_region_stage(
+        dicom_pair: tuple[Path, dict, list], tmp_path: Path) -> None:
+    data, middles, centres = dicom_pair
+    lost = centres[0]
+    detector = _StagedOracle(middles, outside={lost})
+    out = tmp_path / "eval"
+    report = evaluate_model(tmp_path / "model", data, "dicom", out, detector=detector, gallery=2)
+    n = len(centres)
+    assert report["stages"]["overall"]["recall"] == pytest.approx({s: (n - 1) / n for s in STAGES})
+    assert report["stages"]["overall"]["lost_at"] == {"region": 1, "candidate": 0, "score": 0, "merge": 0}
+    [miss] = report["misses"]
+    assert miss["centre_xyz_mm"] == pytest.approx(list(lost), abs=0.01)
+    assert miss["stage_lost"] == "region"
+    assert miss["best_score"] is None and miss["nearest_candidate_mm"] > 0
+    assert report["at_report_score"]["sensitivity"] == pytest.approx((n - 1) / n)
+    assert report["gallery"]["misses"]["panels"] == 1
+    assert report["gallery"]["false_positives"]["panels"] == 2
+    with Image.open(out / "misses.png") as one, Image.open(out / "false_positives.png") as two:
+        assert one.size[0] < two.size[0]  # one panel against two side by side
+        assert np.asarray(one.convert("L")).std() > 10  # an image, not a blank page
+
+
+def test_gallery_keeps_the_worst_panels_of_each_kind_worst_first(tmp_path: Path) -> None:
+    volume = hd.Volume(np.linspace(-1000, 200, 20 * 30 * 30, dtype=np.float32).reshape(20, 30, 30),
+                       np.diag([2.0, 2.0, 2.0, 1.0]), coordinate_system="PATIENT")
+    gallery = Gallery(3)
+    for score in (0.6, 0.9, 0.1, 0.95, 0.7):
+        gallery.offer("false_positives", score, volume, (20.0, 30.0, 30.0), f"score {score}", 3.0)
+    assert [p.title for p in gallery.panels("false_positives")] == ["score 0.95", "score 0.9", "score 0.7"]
+    crop = gallery.panels("false_positives")[0].image_hu
+    assert crop.shape == (128, 128)  # 64 mm at 0.5 mm
+    assert crop.min() == -1024.0 and -1000 < crop.max() <= 200  # partly outside the 40-60 mm volume
+    written = gallery.write(tmp_path, "test")
+    assert written["false_positives"]["panels"] == 3 and written["misses"]["panels"] == 0
+    with Image.open(tmp_path / "false_positives.png") as grid, Image.open(tmp_path / "misses.png") as empty:
+        assert grid.size[0] > empty.size[0]
+    with pytest.raises(ValueError, match="kind"):
+        gallery.offer("hits", 1.0, volume, (0.0, 0.0, 0.0), "x")
+
+
+def test_the_real_detector_reports_every_stage_consistently(tmp_path: Path) -> None:
+    detector = Detector.load(MODEL)
+    card = detector.card  # fast enough for a test: no flips, the 30 strongest candidates of each pass
+    fewer = replace(card.front_end.candidates,
+                    passes=tuple(replace(p, max_candidates=30) for p in card.front_end.candidates.passes))
+    detector.card = replace(card, inference=Inference(flips=1), front_end=replace(card.front_end, candidates=fewer))
+    data = tmp_path / "data"
+    generate_studies(data, 1, seed=3, fmt="dicom", **TINY)
+    report = evaluate_model(MODEL, data, "dicom", tmp_path / "eval", detector=detector, gallery=2)
+    assert report["timings"]["per_scan"][0]["candidates"] > 0
+    stages = report["stages"]
+    assert stages["available"]
+    recall = [stages["overall"]["recall"][s] for s in STAGES]
+    assert recall == sorted(recall, reverse=True)
+    op = report["at_report_score"]
+    assert recall[-1] == pytest.approx(op["sensitivity"])
+    assert len(report["false_positives"]) == op["false_positives"]
+    scores = [f["score"] for f in report["false_positives"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(s >= report["report_score"] for s in scores)
+    assert all(m["stage_lost"] in STAGES for m in report["misses"])
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    from typer.testing import CliRunner
+
+    from pacs_node.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate", *args])
+    return result.exit_code, result.output
+
+
+def test_evaluate_command_explains_a_folder_without_the_luna16_layout_in_one_line(tmp_path: Path) -> None:
+    code, output = _cli("--model", str(MODEL), "--data", str(tmp_path), "--out", str(tmp_path / "out"))
+    assert code == 2
+    assert output.strip().splitlines() == [
+        f"{tmp_path}: no subset*/*.mhd scans; expected the LUNA16 layout: subset0/…/*.mhd + annotations.csv"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_command_refuses_a_missing_model_or_a_bad_truth_file_in_one_line(tmp_path: Path) -> None:
+    luna = tmp_path / "luna"
+    generate_studies(luna, 1, seed=3, fmt="luna16", **TINY)
+    code, output = _cli("--model", str(tmp_path / "no-model"), "--data", str(luna), "--out", str(tmp_path / "o"))
+    assert code == 2 and "Traceback" not in output
+    assert len(output.strip().splitlines()) == 1 and "no-model" in output
+    study = tmp_path / "dicom" / "study_0000"
+    (study / "series").mkdir(parents=True)
+    (study / "truth.json").write_text("{not json")
+    code, output = _cli("--model", str(MODEL), "--data", str(tmp_path / "dicom"), "--format", "dicom",
+                        "--out", str(tmp_path / "o"))
+    assert code == 2 and len(output.strip().splitlines()) == 1
+    assert output.startswith(f"{study / 'truth.json'}: not JSON")
+    (study / "truth.json").write_text(json.dumps({"format": "pacs-node-phantom/1", "nodules": []}))
+    code, output = _cli("--model", str(MODEL), "--data", str(tmp_path / "dicom"), "--format", "dicom")
+    assert code == 2 and output.strip() == f"{study / 'truth.json'}: missing key 'series_uid'"
+
+
+def test_evaluations_never_go_into_the_model_folder(tmp_path: Path, dicom_pair: tuple[Path, dict, list]) -> None:
+    data, middles, _ = dicom_pair
+    default = default_out_dir(MODEL, data)
+    assert not default.resolve().is_relative_to(MODEL.parent.resolve())
+    assert default == Path("evaluations") / f"{MODEL.name}-{data.name}"
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(EvaluationError, match="inside the model folder"):
+        evaluate_model(model, data, "dicom", model / "evaluation", detector=_StagedOracle(middles))
+    assert list(model.iterdir()) == []
+    code, output = _cli("--model", str(model), "--data", str(data), "--format", "dicom", "--out", str(model / "e"))
+    assert code == 2 and len(output.strip().splitlines()) == 1 and "inside the model folder" in output
