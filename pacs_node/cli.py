@@ -8,11 +8,14 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pacs_node.config import ConfigError, Settings, load_settings, redacted_database_url
+
+if TYPE_CHECKING:
+    from pacs_node.ml.phantom.variation import Variation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="DICOM node that finds lung nodules on chest CT.")
 
@@ -173,6 +176,29 @@ def demo(
     typer.echo(format_result(result))
 
 
+_WIDE_HELP = "Draw every generator family (body, parenchyma, vessels, airways, pleura, nodules, acquisition) from its wide ranges, in any style; default: the classic (v1) generator."
+_WITHOUT_HELP = "With --wide: keep this family classic (repeatable)."
+_STYLES_HELP = "Comma-separated rendering styles to draw from (classic, lobular, mottled); default: all with --wide, classic otherwise."
+
+
+def _variation(wide: bool, without: list[str] | None, styles: str | None) -> Variation:
+    """The generator's :class:`~pacs_node.ml.phantom.variation.Variation` from --wide/--without/--styles; exit 2 if bad."""
+    from pacs_node.ml.phantom.variation import STYLES, Variation
+
+    try:
+        if without and not wide:
+            raise ValueError("--without needs --wide (it names families to keep classic)")
+        names = tuple(n.strip() for n in styles.split(",")) if styles is not None else None
+        if names is not None and not all(names):
+            raise ValueError(f"--styles: empty style name in {styles!r}")
+        if wide:
+            return Variation.wide(without=without or (), styles=names or STYLES)
+        return Variation(styles=names) if names else Variation.classic()
+    except ValueError as exc:
+        typer.echo(f"bad generator variation: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
 class PhantomFormat(str, enum.Enum):
     dicom = "dicom"
     luna16 = "luna16"
@@ -184,11 +210,15 @@ def phantom(
     studies: Annotated[int, typer.Option(min=1, help="How many studies.")] = 1,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same studies.")] = 0,
     fmt: Annotated[PhantomFormat, typer.Option("--format", help="dicom: one CT series per study; luna16: .mhd/.raw and annotations.csv.")] = PhantomFormat.dicom,
+    wide: Annotated[bool, typer.Option("--wide", help=_WIDE_HELP)] = False,
+    without: Annotated[list[str] | None, typer.Option("--without", metavar="FAMILY", help=_WITHOUT_HELP)] = None,
+    styles: Annotated[str | None, typer.Option("--styles", metavar="A,B", help=_STYLES_HELP)] = None,
 ) -> None:
     """Generate synthetic chest CT studies with known nodules (ground truth beside them)."""
     from pacs_node.ml.phantom import generate_studies
 
-    written = generate_studies(out, studies, seed, fmt.value)
+    variation = _variation(wide, without, styles)
+    written = generate_studies(out, studies, seed, fmt.value, variation=variation)
     typer.echo(f"wrote {len(written)} {fmt.value} stud{'y' if len(written) == 1 else 'ies'} under {out}")
 
 
@@ -209,18 +239,36 @@ def train(
     device: Annotated[str | None, typer.Option(help="cuda or cpu (default: cuda when available).")] = None,
     phantoms: Annotated[int, typer.Option(min=0, help="With --format phantom: how many synthetic studies to generate into --data (a cache).")] = 0,
     phantom_seed: Annotated[int, typer.Option(help="With --format phantom: seed of the synthetic set (never reuse an evaluation seed).")] = 20250,
+    wide: Annotated[bool, typer.Option("--wide", help="With --format phantom: " + _WIDE_HELP)] = False,
+    without: Annotated[list[str] | None, typer.Option("--without", metavar="FAMILY", help=_WITHOUT_HELP)] = None,
+    styles: Annotated[str | None, typer.Option("--styles", metavar="A,B", help="With --format phantom: " + _STYLES_HELP)] = None,
+    amp: Annotated[str, typer.Option(help="Mixed precision: auto (CUDA: bf16, else fp16; CPU: off), bf16, fp16 or off.")] = "auto",
+    workers: Annotated[int, typer.Option(min=1, help="Processes building the patch cache.")] = 2,
 ) -> None:
     """Train a nodule detector and write its model folder (weights + model card)."""
-    from pacs_node.ml.datasets import PhantomSet
+    from pacs_node.ml.cases import PhantomSet
+    from pacs_node.ml.precision import AMP_MODES
     from pacs_node.ml.train import TrainConfig
     from pacs_node.ml.train import train as run_training
 
     if fmt == DataFormat.phantom and phantoms < 1:
         typer.echo("--format phantom needs --phantoms N (studies to generate into --data)", err=True)
         raise typer.Exit(2)
-    config = TrainConfig(name=out.name, phantoms=PhantomSet(count=phantoms, seed=phantom_seed) if phantoms else None)
-    result = run_training(data, fmt.value, out, epochs=epochs, seed=seed, resume=resume, device=device,
-                          config=config, progress=typer.echo)
+    if fmt != DataFormat.phantom and (wide or without or styles is not None):
+        typer.echo("--wide, --without and --styles apply to --format phantom only", err=True)
+        raise typer.Exit(2)
+    if amp not in AMP_MODES:
+        typer.echo(f"--amp must be one of {', '.join(AMP_MODES)}, got {amp!r}", err=True)
+        raise typer.Exit(2)
+    variation = _variation(wide, without, styles)
+    phantom_set = PhantomSet(count=phantoms, seed=phantom_seed, variation=variation) if phantoms else None
+    config = TrainConfig(name=out.name, phantoms=phantom_set, amp=amp, workers=workers)
+    try:
+        result = run_training(data, fmt.value, out, epochs=epochs, seed=seed, resume=resume, device=device,
+                              config=config, progress=typer.echo)
+    except ValueError as exc:
+        typer.echo(f"cannot train: {exc}", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(f"model written to {out}: {result}")
 
 
@@ -228,17 +276,27 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Option("--model", help="Model folder, e.g. models/lung-nodule-synthetic-v1.")],
     data: Annotated[Path, typer.Option("--data", help="Evaluation data folder.")],
-    fmt: Annotated[DataFormat, typer.Option("--format", help="luna16 or dicom (phantom studies with truth.json).")] = DataFormat.luna16,
-    out: Annotated[Path | None, typer.Option("--out", help="Where froc.png and report.json go (default: MODEL/evaluation).")] = None,
+    fmt: Annotated[DataFormat, typer.Option("--format", help="luna16 (subset*/*.mhd + annotations.csv) or dicom (study_*/series/*.dcm + truth.json).")] = DataFormat.luna16,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: evaluations/MODEL-DATA; never inside the model folder).")] = None,
+    operating_point: Annotated[float, typer.Option("--operating-point", min=0.0, help="FPs/scan at which sensitivity by size and type is read (the model's own report_score is always reported too).")] = 1.0,
+    max_scans: Annotated[int | None, typer.Option("--max-scans", min=1, help="Evaluate only the first N scans.")] = None,
+    gallery: Annotated[int, typer.Option("--gallery", min=0, help="Draw the N worst misses and false positives (misses.png, false_positives.png); 0: none.")] = 8,
 ) -> None:
-    """Score a model with the LUNA16 protocol: FROC, CPM, sensitivity by size and type."""
-    from pacs_node.ml.evaluate import evaluate_model
+    """Score a model with the LUNA16 protocol: FROC, CPM, sensitivity by size and type, where nodules are lost."""
+    from pacs_node.ml.evaluate import EvaluationError, default_out_dir, evaluate_model, format_summary
+    from pacs_node.ml.modelcard import ModelError
 
     if fmt == DataFormat.phantom:
         typer.echo("evaluate takes --format luna16 or dicom", err=True)
         raise typer.Exit(2)
-    report = evaluate_model(model, data, fmt.value, out)
-    typer.echo(json.dumps({k: report[k] for k in ("cpm", "fp_rates", "sensitivities", "n_scans", "n_nodules", "false_positives_per_scan") if k in report}, indent=2))
+    out = out if out is not None else default_out_dir(model, data)
+    try:
+        report = evaluate_model(model, data, fmt.value, out, operating_point=operating_point, max_scans=max_scans,
+                                gallery=gallery, progress=typer.echo)
+    except (EvaluationError, ModelError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(format_summary(report, out))
 
 
 def main() -> None:

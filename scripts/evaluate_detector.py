@@ -11,7 +11,8 @@ the FROC points at 1/8 .. 8 false positives per scan (all nodules, and nodules o
 6 mm or more, where findings on smaller nodules are ignored), and at the model's
 operating point: sensitivity by size and type, false positives per scan, and the
 per-step detection time.  This is a quick scorer for the model card, independent
-of ``pacs_node.ml.evaluate``.
+of ``pacs_node.ml.evaluate``, except for the per-stage recall (``stages``: where each
+nodule was lost, :mod:`pacs_node.ml.stages`, at the model's ``report_score``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pacs_node.ml.train import FROC_FP_RATES, froc_points  # noqa: E402
+from pacs_node.ml.calibrate import FROC_FP_RATES, froc_points  # noqa: E402
 
 _DETECTOR = None
 
@@ -44,13 +45,18 @@ def _init(model_dir: str) -> None:
 
 def _one(args: tuple[int, int]) -> dict:
     index, seed = args
-    from pacs_node.ml.datasets import phantom_volume
+    from pacs_node.ml.cases import phantom_volume
+    from pacs_node.ml.froc import Reference
     from pacs_node.ml.phantom import generate_phantom
+    from pacs_node.ml.stages import StageData, trace_scan
 
     assert _DETECTOR is not None
     p = generate_phantom(seed, keep_labels=False)
     volume = phantom_volume(p)
     result = _DETECTOR.run(volume, min_score=_DETECTOR.card.thresholds.min_score)
+    refs = [Reference(tuple(n.centre_xyz_mm), float(n.diameter_mm), str(n.type)) for n in p.nodules]
+    traces, _ = trace_scan(str(seed), refs, result.findings, _DETECTOR.card.thresholds.report_score,
+                           StageData.from_detection(result))
     return {
         "index": index,
         "seed": seed,
@@ -59,7 +65,8 @@ def _one(args: tuple[int, int]) -> dict:
         "findings": [{"centre": list(f.center_lps_mm), "score": f.score, "type": str(f.nodule_type),
                       "long": f.long_axis_mm, "short": f.short_axis_mm} for f in result.findings],
         "nodules": [{"centre": list(n.centre_xyz_mm), "diameter": n.diameter_mm, "type": str(n.type),
-                     "location": n.location} for n in p.nodules],
+                     "location": n.location, "found": t.found, "stage_lost": t.lost_at}
+                    for n, t in zip(p.nodules, traces, strict=True)],
         "timings": result.timings_s,
         "candidates": result.n_candidates,
     }
@@ -141,9 +148,23 @@ def summarise(studies: list[dict], report_score: float) -> dict:
             "by_location": {k: rate(v) for k, v in sorted(by_loc.items())},
             "type_accuracy_of_hits": round(float(np.mean(type_ok)), 4) if type_ok else None,
         },
+        "stages": _stages(studies),
         "mean_timings_s_1_thread": {k: round(v, 3) for k, v in timings.items()},
         "mean_candidates": round(float(np.mean([s["candidates"] for s in studies])), 1),
     }
+
+
+def _stages(studies: list[dict]) -> dict | None:
+    """Per-stage recall at the model's report_score (``None`` for results saved without stages)."""
+    from pacs_node.ml.froc import Reference
+    from pacs_node.ml.stages import NoduleTrace, stage_recall
+
+    nodules = [(s, n) for s in studies for n in s["nodules"]]
+    if any("stage_lost" not in n for _, n in nodules):
+        return None
+    traces = [NoduleTrace(str(s["seed"]), Reference(tuple(n["centre"]), n["diameter"], n["type"]), n["found"],
+                          n["stage_lost"], None, None) for s, n in nodules]
+    return stage_recall(traces, stages_available=True)
 
 
 def main() -> None:
