@@ -69,6 +69,11 @@ class CandidateParams:
         Weakest scale-normalised blobness kept.
     min_hu
         The lightly smoothed HU at a candidate must be above this (denser than lung).
+    min_above_parenchyma_hu
+        If set, the bound is ``min(min_hu, parenchyma + this)``: in a study whose lung
+        is darker than usual (emphysema, a generous inspiration, another scanner's
+        calibration) a faint ground-glass nodule is still denser than its own lung
+        even when it is darker than ``min_hu``.
     nms_mm
         Candidates closer than this to a stronger one (of the same pass) are dropped;
         across passes, a candidate closer than this to one already kept is dropped.
@@ -82,6 +87,13 @@ class CandidateParams:
     min_blobness_hu: float = 15.0
     min_hu: float = -820.0
     nms_mm: float = 4.0
+    min_above_parenchyma_hu: float | None = None
+
+    def density_floor_hu(self, parenchyma_hu: float) -> float:
+        """Smoothed HU a candidate must exceed in a study with this parenchyma HU."""
+        if self.min_above_parenchyma_hu is None or not np.isfinite(parenchyma_hu):
+            return self.min_hu
+        return min(self.min_hu, parenchyma_hu + self.min_above_parenchyma_hu)
 
     @property
     def max_candidates(self) -> int:
@@ -194,7 +206,7 @@ def find_candidates(grid2: Grid, lungs: LungMask, params: CandidateParams | None
     region = lungs.region.lookup(world, outside=False).reshape(grid2.shape)
     del pts, world
     smooth = ndi.gaussian_filter(grid2.array, 1.2 / vox, truncate=2.0)
-    allowed = region & (smooth > p.min_hu)
+    allowed = region & (smooth > p.density_floor_hu(lungs.parenchyma_hu))
     del smooth, region
     centres, values, scales, passes = [], [], [], []
     for k, bp in enumerate(p.passes):

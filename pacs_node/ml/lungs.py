@@ -57,6 +57,14 @@ class LungMaskParams:
         An air region that touches the border of a slice still counts as lung when
         at least this fraction of it lies directly above or below lung of the next
         slice (lungs cut by a small field of view or an off-centre patient).
+    lobe_gap_mm
+        Besides the largest air components, every component of at least
+        ``min_lobe_ml`` that comes within this distance of them is lung too: a lobe
+        cut off by a visible fissure, a fibrotic band or a plate of atelectasis.
+        Gas below the diaphragm lies farther away (the diaphragm and the liver or
+        spleen are in between).  ``0`` keeps only the largest components.
+    min_lobe_ml
+        Smallest such lobe (mL).
     """
 
     grid_mm: float = 3.0
@@ -68,6 +76,8 @@ class LungMaskParams:
     prism_iou: float = 0.85
     prism_span: float = 0.8
     truncated_overlap: float = 0.5
+    lobe_gap_mm: float = 0.0
+    min_lobe_ml: float = 5.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +187,23 @@ def _add_truncated(inside: np.ndarray, flat: np.ndarray, n_flat: int, border: np
         inside |= grow[flat]
 
 
+def _add_lobes(labels: np.ndarray, keep: list[int], sizes_ml: np.ndarray, p: LungMaskParams,
+               spacing: np.ndarray) -> list[int]:
+    """``keep`` plus the components of at least ``p.min_lobe_ml`` within ``p.lobe_gap_mm`` of kept lung.
+
+    Repeated (at most three times) so that a lobe next to an added lobe joins too.
+    """
+    keep = list(keep)
+    for _ in range(3):
+        near = _dilate(np.isin(labels, keep), p.lobe_gap_mm, spacing)
+        extra = [int(i) for i in np.unique(labels[near])
+                 if i > 0 and i not in keep and sizes_ml[i - 1] >= p.min_lobe_ml]
+        if not extra:
+            break
+        keep += extra
+    return keep
+
+
 def lung_mask(volume: hd.Volume, params: LungMaskParams | None = None) -> LungMask:
     """Segment the lungs of a canonical CT volume (see :func:`~pacs_node.ml.canonical.orient`).
 
@@ -222,6 +249,8 @@ def lung_mask(volume: hd.Volume, params: LungMaskParams | None = None) -> LungMa
     if not keep:
         raise NoLungsFound(f"largest air-filled region inside the body is {sizes[order[0]]:.0f} mL, "
                            f"less than {p.min_lung_ml:.0f} mL of lung")
+    if p.lobe_gap_mm > 0:
+        keep = _add_lobes(labels, keep, sizes, p, spacing)
     lung_air = np.isin(labels, keep)
     del labels
     parenchyma = float(np.median(coarse.array[lung_air]))

@@ -71,6 +71,7 @@ class FrontEndConfig:
                 "min_blobness_hu": cp.min_blobness_hu,
                 "min_hu": cp.min_hu,
                 "nms_mm": cp.nms_mm,
+                "min_above_parenchyma_hu": "none" if cp.min_above_parenchyma_hu is None else cp.min_above_parenchyma_hu,
                 "passes": [
                     {
                         "window_hu": list(bp.window_hu),
@@ -101,6 +102,8 @@ class FrontEndConfig:
                 )
                 for bp in c.pop("passes", [])
             )
+            floor = c.pop("min_above_parenchyma_hu", None)
+            c["min_above_parenchyma_hu"] = None if floor in (None, "none") else float(floor)
             cand = CandidateParams(passes=passes, **c) if passes else CandidateParams(**c)
             above = d.get("smooth_above_noise_hu", cls.smooth_above_noise_hu)
             return cls(fine_mm=float(d.get("fine_mm", 1.0)),  # type: ignore[arg-type]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import highdicom as hd
 import numpy as np
 import pytest
 
-from pacs_node.ml.datasets import phantom_volume
+from pacs_node.ml.cases import phantom_volume
 from pacs_node.ml.phantom import NODULE_TYPES, Phantom, generate_phantom
 from pacs_node.ml.preprocess import FrontEnd, FrontEndConfig, run_front_end
 
@@ -34,3 +37,31 @@ def test_candidates_are_bounded_and_inside_the_lung_region(four_types) -> None:
     assert np.all(fe.candidates.blobness >= params.min_blobness_hu)
     allowed = np.array([s for bp in params.passes for s in bp.scales_mm])
     assert all(np.isclose(s, allowed, atol=1e-4).any() for s in np.unique(fe.candidates.scale_mm))
+
+
+def test_a_faint_ground_glass_nodule_in_a_dark_lung_gets_a_candidate(four_types) -> None:
+    """Lung at about -930 HU and a ground-glass nodule 100 HU above it, darker than the fixed floor."""
+    p, _ = four_types
+    ggn = next(n for n in p.nodules if n.type == "ground-glass")
+    volume = phantom_volume(p)
+    arr = volume.array.copy()
+    centre = np.array(p.world_to_voxel(ggn.centre_xyz_mm)).ravel()
+    k, j, i = np.indices(arr.shape)
+    r_mm = np.sqrt(((k - centre[0]) * p.spacing_zyx_mm[0]) ** 2 + ((j - centre[1]) * p.spacing_zyx_mm[1]) ** 2
+                   + ((i - centre[2]) * p.spacing_zyx_mm[2]) ** 2)
+    arr[r_mm <= ggn.diameter_mm / 2 + 1.0] = -740.0  # the nodule and its blurred rim
+    arr[arr < -300] -= 90.0
+    dark = hd.Volume(np.maximum(arr, -1024.0), volume.affine, coordinate_system="PATIENT")
+    # quotas out of the way: this is about the density floor, not the ranking
+    base = FrontEndConfig()
+    uncapped = tuple(replace(bp, max_candidates=3000) for bp in base.candidates.passes)
+    fixed = replace(base, candidates=replace(base.candidates, passes=uncapped))
+    relative = replace(fixed, candidates=replace(fixed.candidates, min_above_parenchyma_hu=60.0))
+
+    def nearest(config: FrontEndConfig) -> float:
+        fe = run_front_end(dark, config)
+        assert fe.lungs.parenchyma_hu < -900
+        return float(np.linalg.norm(fe.candidates.centres_lps_mm - np.array(ggn.centre_xyz_mm), axis=1).min())
+
+    assert nearest(fixed) > ggn.diameter_mm / 2
+    assert nearest(relative) <= ggn.diameter_mm / 2

@@ -5,11 +5,12 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from pacs_node.analyze.volume import NotAnalysable
 from pacs_node.ml.canonical import orient, resample
-from pacs_node.ml.datasets import phantom_volume
-from pacs_node.ml.lungs import NoLungsFound, lung_mask
+from pacs_node.ml.cases import phantom_volume
+from pacs_node.ml.lungs import LungMaskParams, NoLungsFound, lung_mask
 from pacs_node.ml.phantom import Phantom, PlantedNodule, Tissue
 
 from tests.ml._fixtures import find_phantom
@@ -80,3 +81,60 @@ def test_orientation_and_slice_order_do_not_change_the_canonical_grid(juxtapleur
     assert np.array_equal(grids[0].array, grids[1].array)
     centre = grids[0].world_to_index(np.array([nodule.centre_xyz_mm]))[0]
     assert np.allclose(grids[0].index_to_world(centre)[0], nodule.centre_xyz_mm)
+
+
+#: The search region of the v2 front end (lobes kept, 10 mm margin into the wall).
+V2_LUNGS = LungMaskParams(margin_mm=10.0, lobe_gap_mm=12.0)
+
+
+def _with_planes(p: Phantom, z_mm: tuple[float, ...], x_mm: float, thickness_mm: float = 6.0) -> hd.Volume:
+    """The phantom with soft-tissue plates cutting its lungs: axial planes at ``z_mm`` and a sagittal one at ``x_mm``.
+
+    Like fissures drawn thick or fibrotic bands, they split the lungs into separate
+    air components (lobes).
+    """
+    volume = phantom_volume(p)
+    arr = volume.array.copy()
+    k, j, i = np.indices(arr.shape)
+    world = volume.affine[:3, :3] @ np.stack([k.ravel(), j.ravel(), i.ravel()]) + volume.affine[:3, 3:4]
+    x, z = world[0].reshape(arr.shape), world[2].reshape(arr.shape)
+    lung = np.isin(np.asarray(p.labels), (Tissue.LUNG, Tissue.VESSEL, Tissue.AIRWAY))
+    plate = np.abs(x - x_mm) < thickness_mm / 2
+    for zc in z_mm:
+        plate |= np.abs(z - zc) < thickness_mm / 2
+    arr[lung & plate] = 20.0
+    return hd.Volume(arr, volume.affine, coordinate_system="PATIENT")
+
+
+def test_lobes_split_off_by_dense_plates_stay_lung(juxtapleural) -> None:
+    p, _ = juxtapleural
+    lung_pts = _world_points(p, Tissue.LUNG, 20000)
+    z_lo, z_hi = np.percentile(lung_pts[:, 2], [30, 60])
+    x_mid = float(np.median(lung_pts[:, 0]))
+    volume = orient(_with_planes(p, (z_lo, z_hi), x_mid))
+    # six pieces now; the classic rule keeps the three largest
+    classic = lung_mask(volume, LungMaskParams())
+    v2 = lung_mask(volume, V2_LUNGS)
+    assert classic.filled.lookup(lung_pts).mean() < 0.85
+    assert v2.filled.lookup(lung_pts).mean() > 0.9
+    wall = np.concatenate([_world_points(p, Tissue.SOFT), _world_points(p, Tissue.BONE)])
+    assert v2.region.lookup(wall).mean() < 0.4  # a rim of wall, not the body
+
+
+def test_a_broad_based_nodule_centred_on_the_pleura_is_in_the_search_region(juxtapleural) -> None:
+    p, _ = juxtapleural
+    lung = np.asarray(p.labels == Tissue.LUNG)
+    wall = ndi.binary_dilation(np.asarray(p.labels == Tissue.SOFT)) & lung
+    k, j, i = np.nonzero(wall)
+    rng = np.random.default_rng(3)
+    volume = phantom_volume(p)
+    arr = volume.array.copy()
+    kk, jj, ii = np.indices(arr.shape)
+    spacing = np.array(p.spacing_zyx_mm)
+    centres = []
+    for s in rng.choice(len(k), 4, replace=False):
+        r2 = ((kk - k[s]) * spacing[0]) ** 2 + ((jj - j[s]) * spacing[1]) ** 2 + ((ii - i[s]) * spacing[2]) ** 2
+        arr[r2 <= 10.0**2] = 35.0  # a 20 mm nodule, its centre on the lung surface
+        centres.append(np.array(p.voxel_to_world((k[s], j[s], i[s]))).ravel())
+    embedded = orient(hd.Volume(arr, volume.affine, coordinate_system="PATIENT"))
+    assert lung_mask(embedded, V2_LUNGS).region.lookup(np.array(centres)).all()
