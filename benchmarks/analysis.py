@@ -256,7 +256,7 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def _load(series: Path) -> tuple[Any, float]:
-    from pacs_node.analyze.volume import read_dicom_volume
+    from pacs_node.imaging.volume import read_dicom_volume
 
     t0 = time.perf_counter()
     volume = read_dicom_volume(sorted(series.glob("*.dcm")))

@@ -10,7 +10,7 @@ until ``--studies`` have one.  Each case (see ``CASES``) changes the study with
 :mod:`pacs_node.ml.phantom.conventions` and, for stored-value, padding and
 orientation cases, writes it as a DICOM series with
 :mod:`pacs_node.ml.phantom.encoding` and reads it back through
-:func:`pacs_node.analyze.volume.volume_from_datasets`, as the node would.  The
+:func:`pacs_node.imaging.volume.volume_from_datasets`, as the node would.  The
 detector runs at the model's operating point.  A large nodule (>= 8 mm) is found
 when a finding lies within its radius (LUNA16 rule); a finding near no planted
 nodule is a false positive.  Printed per case: studies, large nodules found /
@@ -111,7 +111,7 @@ CASES: tuple[Case, ...] = (
 def _volume(case: Case, scan: Scan, rng: np.random.Generator) -> tuple[object, str]:
     """The volume the detector gets, and the series gate's verdict when it went through DICOM."""
     from pacs_node.analyze.series import Rejection, check_series
-    from pacs_node.analyze.volume import volume_from_datasets
+    from pacs_node.imaging.volume import volume_from_datasets
     from pacs_node.ml.phantom.encoding import encode_series, reread
 
     if case.encoding is None and scan.spacing_mm[0] <= 3.0:

@@ -21,13 +21,13 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
 from pacs_node import __version__
-from pacs_node.analyze.findings import Finding, study_category
 from pacs_node.analyze.series import SeriesChoice, choose_series
-from pacs_node.analyze.volume import NotAnalysable, volume_from_datasets
 from pacs_node.config import Settings
 from pacs_node.db.deliveries import ObjectRow
 from pacs_node.db.models import Instance, ObjectKind, Series, Study
 from pacs_node.db.queue import ClaimedJob
+from pacs_node.imaging.findings import Finding, study_category
+from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.receive.spool import Spool
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report

@@ -27,7 +27,7 @@ from pathlib import Path
 import highdicom as hd
 import numpy as np
 
-from pacs_node.ml.luna16 import read_luna16_annotations
+from pacs_node.imaging.luna16 import read_luna16_annotations
 from pacs_node.ml.network import TYPE_NAMES
 from pacs_node.ml.phantom.variation import Variation
 
@@ -206,9 +206,9 @@ def load_case_volume(case: Case) -> tuple[hd.Volume, tuple[Nodule, ...]]:
     if kind == "phantom":
         return _phantom_volume(int(case.source[1]), case.source[2])
     if kind == "mhd":
-        from pacs_node.analyze.volume import read_mhd_volume
+        from pacs_node.imaging.volume import read_mhd_volume
 
         return read_mhd_volume(Path(case.source[1])), case.nodules
-    from pacs_node.analyze.volume import read_dicom_volume
+    from pacs_node.imaging.volume import read_dicom_volume
 
     return read_dicom_volume(sorted(Path(case.source[1]).glob("*.dcm"))), case.nodules

@@ -2,7 +2,7 @@
 
 :meth:`Detector.load` reads a model folder (:mod:`pacs_node.ml.modelcard`); nothing
 is fetched from a network.  :meth:`Detector.run` takes a CT volume as
-:mod:`pacs_node.analyze.volume` builds it (any slice order, orientation, spacing)
+:mod:`pacs_node.imaging.volume` builds it (any slice order, orientation, spacing)
 and runs: the front end (:mod:`pacs_node.ml.preprocess`: orientation, lung mask,
 fine grid, candidates), the CNN on every candidate in batches, merging of
 candidates that point at the same nodule (greedy by score, radius half the
@@ -22,7 +22,7 @@ import highdicom as hd
 import numpy as np
 import torch
 
-from pacs_node.analyze.findings import Finding, NoduleType
+from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.ml.canonical import Grid
 from pacs_node.ml.lungs import LungMask
 from pacs_node.ml.measure import measure_nodule
@@ -153,7 +153,7 @@ class Detector:
         ----------
         volume
             HU volume with its affine to patient LPS (mm), from
-            :mod:`pacs_node.analyze.volume`.
+            :mod:`pacs_node.imaging.volume`.
         min_score
             Keep findings at or above this score; default: the model's ``report_score``.
             Pass the card's ``thresholds.min_score`` for FROC analysis.
@@ -163,7 +163,7 @@ class Detector:
         Raises
         ------
         pacs_node.ml.lungs.NoLungsFound
-            If no lungs are found (a :class:`~pacs_node.analyze.volume.NotAnalysable`).
+            If no lungs are found (a :class:`~pacs_node.imaging.volume.NotAnalysable`).
         """
         threshold = self.card.thresholds.report_score if min_score is None else float(min_score)
         t_total = time.perf_counter()

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from pacs_node.imaging.luna16 import ANNOTATION_TYPES_FILE, ANNOTATIONS_FILE, read_luna16_annotations
 from pacs_node.ml.froc import FP_RATES, UNKNOWN_DIAMETER_MM, Candidate, Reference, save_froc_png, score_findings
 from pacs_node.ml.gallery import Gallery
-from pacs_node.ml.luna16 import ANNOTATION_TYPES_FILE, ANNOTATIONS_FILE, read_luna16_annotations
 from pacs_node.ml.stages import (
     FalsePositive,
     NoduleTrace,
@@ -38,7 +38,7 @@ from pacs_node.ml.stages import (
 if TYPE_CHECKING:
     import highdicom as hd
 
-    from pacs_node.analyze.findings import Finding
+    from pacs_node.imaging.findings import Finding
     from pacs_node.ml.detector import Detection
     from pacs_node.ml.modelcard import ModelCard
 
@@ -82,7 +82,7 @@ _Loaded = tuple[list[_Scan], dict[str, list[Reference]], dict[str, list[Referenc
 
 def _luna16_scans(data_dir: Path) -> _Loaded:
     """Scans (``subset*/*.mhd``), references and excluded findings of a LUNA16 folder."""
-    from pacs_node.analyze.volume import read_mhd_volume
+    from pacs_node.imaging.volume import read_mhd_volume
 
     mhds = sorted(data_dir.glob("subset*/*.mhd"))
     if not mhds:
@@ -112,7 +112,7 @@ def _luna16_scans(data_dir: Path) -> _Loaded:
 
 def _dicom_scans(data_dir: Path) -> _Loaded:
     """Scans and references of phantom study folders (``study_*/series/*.dcm`` + ``truth.json``)."""
-    from pacs_node.analyze.volume import read_dicom_volume
+    from pacs_node.imaging.volume import read_dicom_volume
     from pacs_node.ml.phantom.output import SERIES_DIR, TRUTH_FILE, TRUTH_FORMAT
 
     studies = sorted(p for p in data_dir.glob("study_*") if p.is_dir())
@@ -300,7 +300,7 @@ def evaluate_model(
 def _detect(detector: SupportsDetect, volume: hd.Volume, staged: bool
             ) -> tuple[list[Finding], StageData | None, str | None]:
     """Findings (with ``run()``: down to the card's ``min_score``), stage data and the reason a scan failed."""
-    from pacs_node.analyze.volume import NotAnalysable
+    from pacs_node.imaging.volume import NotAnalysable
 
     try:
         if not staged:

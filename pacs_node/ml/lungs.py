@@ -21,7 +21,7 @@ import highdicom as hd
 import numpy as np
 from scipy import ndimage as ndi
 
-from pacs_node.analyze.volume import NotAnalysable
+from pacs_node.imaging.volume import NotAnalysable
 from pacs_node.ml.canonical import AIR_HU, Grid
 
 

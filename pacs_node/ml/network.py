@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-#: Class order of the type head (the values of :class:`pacs_node.analyze.findings.NoduleType`).
+#: Class order of the type head (the values of :class:`pacs_node.imaging.findings.NoduleType`).
 TYPE_NAMES: tuple[str, ...] = ("solid", "part-solid", "ground-glass", "calcified")
 
 

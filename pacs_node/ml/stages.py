@@ -45,7 +45,7 @@ import numpy as np
 from pacs_node.ml.froc import SIZE_CLASSES, Reference, hit_matrix
 
 if TYPE_CHECKING:
-    from pacs_node.analyze.findings import Finding
+    from pacs_node.imaging.findings import Finding
     from pacs_node.ml.canonical import Grid
     from pacs_node.ml.detector import Detection, Scored
 

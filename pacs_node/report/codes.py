@@ -38,7 +38,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pacs_node.analyze.findings import LungRads, NoduleType
+from pacs_node.imaging.findings import LungRads, NoduleType
 
 PRIVATE_SCHEME = "99PACSNODE"
 PRIVATE_CODING_SCHEME = CodingSchemeIdentificationItem(

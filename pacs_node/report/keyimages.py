@@ -32,7 +32,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pacs_node.analyze.findings import Finding, study_category
+from pacs_node.imaging.findings import Finding, study_category
 from pacs_node.report.context import (
     NO_NODULES_DETECTED,
     NOT_FOR_DIAGNOSTIC_USE,

@@ -47,7 +47,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pacs_node.analyze.findings import Finding, study_category
+from pacs_node.imaging.findings import Finding, study_category
 from pacs_node.report.codes import (
     ABSENT,
     BORDER_SHAPE,

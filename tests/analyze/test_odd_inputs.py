@@ -19,7 +19,7 @@ from pydicom import Dataset
 from pydicom.data.data_manager import DATA_ROOT, DataTypes, external_data_sources
 
 from pacs_node.analyze.series import Rejection, SeriesChoice, check_series
-from pacs_node.analyze.volume import NotAnalysable, volume_from_datasets
+from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::RuntimeWarning")
 

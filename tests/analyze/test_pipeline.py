@@ -10,13 +10,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from pacs_node.analyze.findings import Finding, NoduleType
 from pacs_node.analyze.pipeline import Analysis
 from pacs_node.config import Settings
 from pacs_node.db import queue
 from pacs_node.db.engine import make_engine, upgrade
 from pacs_node.db.ingest import InstanceRecorder
 from pacs_node.db.models import ObjectKind, utcnow
+from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.ml.phantom import generate_phantom, write_dicom_study
 from pacs_node.receive.spool import Spool
 from pacs_node.receive.store import SpoolingSink
@@ -106,7 +106,7 @@ def test_study_with_too_few_slices_gets_a_report_that_says_why(study, tmp_path: 
 def test_compressed_series_are_analysed_like_uncompressed(study, tmp_path: Path, tool: str) -> None:  # noqa: ANN001
     import subprocess
 
-    from pacs_node.analyze.volume import read_dicom_volume
+    from pacs_node.imaging.volume import read_dicom_volume
 
     phantom, series_dir, settings, engine = study
     compressed = tmp_path / "compressed"

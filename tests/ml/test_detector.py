@@ -9,8 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from pacs_node.analyze.findings import Finding
-from pacs_node.analyze.volume import read_dicom_volume
+from pacs_node.imaging.findings import Finding
+from pacs_node.imaging.volume import read_dicom_volume
 from pacs_node.ml.detector import Detector
 from pacs_node.ml.modelcard import Inference, ModelError
 from pacs_node.ml.phantom import Phantom, PlantedNodule, write_dicom_study

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pacs_node.analyze.findings import Finding
-from pacs_node.analyze.volume import read_mhd_volume
+from pacs_node.imaging.findings import Finding
+from pacs_node.imaging.luna16 import read_luna16_annotations
+from pacs_node.imaging.volume import read_mhd_volume
 from pacs_node.ml.canonical import Grid
 from pacs_node.ml.detector import Detection, Detector, Scored
 from pacs_node.ml.evaluate import EvaluationError, default_out_dir, evaluate_model, format_summary
 from pacs_node.ml.froc import FP_RATES, Candidate, Reference, save_froc_png, score_findings
 from pacs_node.ml.gallery import Gallery
-from pacs_node.ml.luna16 import read_luna16_annotations
 from pacs_node.ml.modelcard import Inference, Thresholds
 from pacs_node.ml.phantom import generate_studies
 from pacs_node.ml.stages import (

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from pacs_node.analyze.volume import NotAnalysable
+from pacs_node.imaging.volume import NotAnalysable
 from pacs_node.ml.canonical import orient, resample
 from pacs_node.ml.cases import phantom_volume
 from pacs_node.ml.lungs import LungMaskParams, NoLungsFound, lung_mask

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pacs_node.ml.luna16 import ANNOTATION_COLUMNS, ANNOTATION_TYPE_COLUMNS, read_luna16_annotations, read_mhd
+from pacs_node.imaging.luna16 import ANNOTATION_COLUMNS, ANNOTATION_TYPE_COLUMNS, read_luna16_annotations, read_mhd
 from pacs_node.ml.phantom import (
     NODULE_TYPES,
     NoduleType,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from pacs_node.analyze.series import Rejection, check_series
-from pacs_node.analyze.volume import volume_from_datasets
+from pacs_node.imaging.volume import volume_from_datasets
 from pacs_node.ml.canonical import orient
 from pacs_node.ml.detector import Detector
 from pacs_node.ml.lungs import lung_mask

@@ -16,13 +16,13 @@ import torch
 from typer.testing import CliRunner
 
 from pacs_node.cli import app
+from pacs_node.imaging.luna16 import write_luna16_annotations, write_mhd
 from pacs_node.ml import patchcache
 from pacs_node.ml.augment import AugmentParams
 from pacs_node.ml.batches import batches, make_batch, training_batches
 from pacs_node.ml.calibrate import froc_points
 from pacs_node.ml.cases import Case, PhantomSet, list_cases, load_case_volume, phantom_volume
 from pacs_node.ml.detector import Detector
-from pacs_node.ml.luna16 import write_luna16_annotations, write_mhd
 from pacs_node.ml.modelcard import read_model_card
 from pacs_node.ml.network import NetworkConfig, normalise_hu
 from pacs_node.ml.patchstore import INDEX_BYTES_PER_SAMPLE, PatchStore, write_case

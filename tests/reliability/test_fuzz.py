@@ -27,9 +27,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pacs_node.analyze.series import Rejection, SeriesChoice, check_series
-from pacs_node.analyze.volume import NotAnalysable, volume_from_datasets
 from pacs_node.db.engine import make_engine, upgrade
 from pacs_node.db.ingest import InstanceRecorder
+from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.receive.dimse import Request, Status
 from pacs_node.receive.header import TAGS, read_header
 from pacs_node.receive.part10 import file_meta

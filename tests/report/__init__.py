@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacs_node.analyze.findings import Finding, NoduleType
+from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.ml.ct_series import write_ct_series
 
 SPACING_ZYX_MM = (1.25, 0.8, 0.6)

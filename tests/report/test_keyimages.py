@@ -12,7 +12,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from pacs_node.analyze.findings import Finding
+from pacs_node.imaging.findings import Finding
 from pacs_node.report.context import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo, DeviceInfo, ReportOutcome
 from pacs_node.report.geometry import locate
 from pacs_node.report.keyimages import RING, WARNING, build_key_images, lung_window

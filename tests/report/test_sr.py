@@ -13,7 +13,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from pacs_node.analyze.findings import Finding, NoduleType
+from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.report.codes import PRIVATE_SCHEME, lobe_site
 from pacs_node.report.context import (
     NO_NODULES_DETECTED,

@@ -8,7 +8,7 @@ Two layouts:
     ``<study>/truth.json`` (geometry, acquisition parameters and planted nodules in
     patient LPS mm).
 ``luna16``
-    As the LUNA16 challenge ships its data (see :mod:`pacs_node.ml.luna16`):
+    As the LUNA16 challenge ships its data (see :mod:`pacs_node.imaging.luna16`):
     ``subset0/<seriesuid>.mhd`` + ``.raw``, ``annotations.csv`` and, as a side file,
     ``annotations_types.csv``.  ``truth/<seriesuid>.json`` holds the full truth
     (solid core size, acquisition).
@@ -25,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
+from pacs_node.imaging.luna16 import LUNA16_SUBSET, Luna16Annotation, write_luna16_annotations, write_mhd
 from pacs_node.ml.ct_series import SeriesIdentity, write_ct_series
-from pacs_node.ml.luna16 import LUNA16_SUBSET, Luna16Annotation, write_luna16_annotations, write_mhd
 from pacs_node.ml.phantom.generate import generate_phantom
 from pacs_node.ml.phantom.truth import Phantom
 from pacs_node.ml.phantom.variation import Variation

@@ -15,7 +15,7 @@ import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import BytesLengthException
 
-from pacs_node.ml.luna16 import read_mhd
+from pacs_node.imaging.luna16 import read_mhd
 
 
 class NotAnalysable(ValueError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pacs_node.analyze.findings import (
+from pacs_node.imaging.findings import (
     Finding,
     LungRads,
     NoduleType,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pacs_node.analyze.volume import NotAnalysable, index_to_world, read_dicom_volume, read_mhd_volume, world_to_index
-from pacs_node.ml.luna16 import LUNA16_SUBSET
+from pacs_node.imaging.luna16 import LUNA16_SUBSET
+from pacs_node.imaging.volume import NotAnalysable, index_to_world, read_dicom_volume, read_mhd_volume, world_to_index
 from pacs_node.ml.phantom import generate_phantom, write_dicom_study, write_luna16
 
 
