@@ -34,6 +34,7 @@ from pacs_node.ml.stages import (
     stage_recall,
     trace_scan,
 )
+from pacs_node.ml.strata import by_stratum, scan_attributes
 
 if TYPE_CHECKING:
     import highdicom as hd
@@ -279,6 +280,7 @@ def evaluate_model(
         "misses": [t.to_dict() for t in misses_worst_first(traces)],
         "false_positives": [f.to_dict() for f in false_positives_worst_first(fps)],
         "failed_scans": failed,
+        "by_style": by_stratum("style", uids, scan_attributes(data_dir, fmt), traces, fps) if staged else None,
         "timings": {
             "total_s": round(total_s, 3),
             "mean_detect_s": round(float(np.mean(detect_times)), 3),
@@ -351,6 +353,11 @@ def format_summary(report: dict[str, Any], out_dir: Path | None = None) -> str:
         lines.append(f"at the detector's own operating point: {len(report['false_positives'])} false positives "
                      f"({len(report['false_positives']) / report['n_scans']:.2f}/scan)")
     lines.append(format_stage_table(report["stages"]))
+    styles = report.get("by_style") or {}
+    if len(styles) > 1 or (styles and "unknown" not in styles):
+        lines.append("at the operating point, by style: " + "; ".join(
+            f"{k} {num(v['sensitivity'], '.2f')} ({v['found']}/{v['nodules']}), {v['false_positives_per_scan']:.2f} FPs/scan"
+            for k, v in styles.items()))
     if out_dir is not None:
         extra = "".join(f", {g['file']} ({g['panels']} panels)" for g in report.get("gallery", {}).values())
         lines.append(f"report: {Path(out_dir).resolve() / 'report.json'} (with froc.png{extra})")

@@ -621,3 +621,25 @@ def test_evaluations_never_go_into_the_model_folder(tmp_path: Path, dicom_pair: 
     assert list(model.iterdir()) == []
     code, output = _cli("--model", str(model), "--data", str(data), "--format", "dicom", "--out", str(model / "e"))
     assert code == 2 and len(output.strip().splitlines()) == 1 and "inside the model folder" in output
+
+
+def test_results_by_style_count_each_scan_in_its_own_style(tmp_path) -> None:
+    from pacs_node.ml.stages import FalsePositive, NoduleTrace
+    from pacs_node.ml.strata import by_stratum, scan_attributes
+
+    (tmp_path / "truth").mkdir()
+    for uid, style in (("1.1", "lobular"), ("1.2", "mottled"), ("1.3", "mottled")):
+        (tmp_path / "truth" / f"{uid}.json").write_text(json.dumps({"series_uid": uid, "acquisition": {"style": style}}))
+    (tmp_path / "truth" / "broken.json").write_text("{not json")
+    attrs = scan_attributes(tmp_path, "luna16")
+    assert attrs == {"1.1": {"style": "lobular"}, "1.2": {"style": "mottled"}, "1.3": {"style": "mottled"}}
+    ref = Reference((0.0, 0.0, 0.0), 8.0, "solid")
+    traces = [NoduleTrace("1.1", ref, True, None, 0.9, 1.0), NoduleTrace("1.2", ref, False, "score", 0.3, 2.0),
+              NoduleTrace("1.3", ref, True, None, 0.95, 0.5), NoduleTrace("9.9", ref, True, None, 0.9, 0.1)]
+    fps = [FalsePositive("1.2", (1.0, 1.0, 1.0), 0.9, "solid", 5.0, 5.0)] * 3
+    rows = by_stratum("style", ["1.1", "1.2", "1.3", "1.4"], attrs, traces, fps)
+    assert rows["lobular"] == {"scans": 1, "nodules": 1, "found": 1, "false_positives": 0, "sensitivity": 1.0,
+                               "false_positives_per_scan": 0.0}
+    assert rows["mottled"]["nodules"] == 2 and rows["mottled"]["sensitivity"] == 0.5
+    assert rows["mottled"]["false_positives_per_scan"] == 1.5
+    assert rows["unknown"]["scans"] == 1 and rows["unknown"]["nodules"] == 0  # 1.4 has no truth file
