@@ -61,6 +61,13 @@ def _perpendicular(d: np.ndarray) -> np.ndarray:
     return p / (np.linalg.norm(p) + 1e-9)
 
 
+def _random_normal_to(rng: np.random.Generator, d: np.ndarray) -> np.ndarray:
+    """A random unit vector perpendicular to ``d`` (one ``standard_normal(3)`` draw)."""
+    n = rng.standard_normal(3)
+    n -= d * (n @ d) / (float(d @ d) + 1e-9)
+    return n / (np.linalg.norm(n) + 1e-9)
+
+
 @dataclass(frozen=True)
 class _Grid:
     """Voxel grid: shape ``(nz, ny, nx)``, spacing ``(dz, dy, dx)`` mm, origin ``(x, y, z)`` mm."""

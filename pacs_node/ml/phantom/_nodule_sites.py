@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pacs_node.ml.phantom._geometry import _Canvas, _Pose, _unit
+from pacs_node.ml.phantom._geometry import _Canvas, _Pose, _random_normal_to, _unit
 from pacs_node.ml.phantom._nodule_specs import _NoduleSpec
 from pacs_node.ml.phantom._study import _Body
 from pacs_node.ml.phantom._tubes import _Segment
@@ -44,9 +44,7 @@ def _find_site(
                 return None
             seg = vessels[int(rng.integers(len(vessels)))]
             d = seg.p1 - seg.p0
-            n = rng.standard_normal(3)
-            n -= d * (n @ d) / (float(d @ d) + 1e-9)
-            n /= np.linalg.norm(n) + 1e-9
+            n = _random_normal_to(rng, d)
             t = rng.uniform(0.2, 0.8)
             rv = seg.r0 + t * (seg.r1 - seg.r0)
             c = seg.p0 + t * d + n * (R + rv * rng.uniform(0.1, 0.8))
@@ -188,9 +186,7 @@ def _find_wide_site(
         if loc == "juxtavascular":
             seg = vessels[int(rng.integers(len(vessels)))]
             d = seg.p1 - seg.p0
-            n = rng.standard_normal(3)
-            n -= d * (n @ d) / (float(d @ d) + 1e-9)
-            n /= np.linalg.norm(n) + 1e-9
+            n = _random_normal_to(rng, d)
             t = rng.uniform(0.1, 0.9)
             c = seg.p0 + t * d + n * (R + (seg.r0 + t * (seg.r1 - seg.r0)) * rng.uniform(-0.2, 0.8))
         elif loc in ("juxtapleural", "juxtamediastinal"):
