@@ -182,3 +182,24 @@ def test_styles_render_measurably_different_lungs() -> None:
         # septa, centrilobular dots and clumpy mottling skew the parenchyma's histogram to dense values
         sk = {k: float(skew(v[sel])) for k, v in vols.items()}
         assert sk["lobular"] > sk["classic"] + 0.3 and sk["mottled"] > sk["classic"] + 0.3, sk
+
+
+def test_mottled_texture_never_draws_a_blotch_as_dense_as_faint_ground_glass() -> None:
+    """Its skewed clumps were drawn up to several hundred HU above the lung: unlabelled nodules."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from pacs_node.ml.phantom._lungmodel import MOTTLED_CAP_HU, _LungModel
+    from pacs_node.ml.phantom._parenchyma import _draw_parenchyma
+
+    rng = np.random.default_rng(5)
+    par = replace(_draw_parenchyma(rng), tex_amp=35.0)  # the top of the wide range
+    no_fissure_gap = SimpleNamespace(fissure_gap=0.0, fissure_amp=0.0)
+    model = _LungModel(par, no_fissure_gap, None, "mottled", rng, rng, rng)  # type: ignore[arg-type]
+    model.style_params.update(hurst=1.0, skew=0.9, gain=2.5)  # the most clumpy draw
+    model.start((128, 128), 0.7, 0.0)
+    hu, unit = zip(*(model._texture(None, None, z, z, None) for z in np.arange(0.0, 60.0, 1.5)))  # type: ignore[arg-type]
+    hu_a, unit_a = np.array(hu), np.array(unit)
+    assert (par.tex_amp * 2.5 * unit_a).max() > 250.0  # what the clumps would have been
+    assert hu_a.max() <= MOTTLED_CAP_HU < 100.0
+    assert hu_a.min() < -60.0  # the dark side (emphysema-like) is untouched

@@ -19,6 +19,9 @@ from pacs_node.ml.phantom._pleura import _Pleura
 from pacs_node.ml.phantom._study import _Body
 from pacs_node.ml.phantom._texture import _Lobular, _Mottled, _PlaneStack
 
+#: Most the mottled texture brightens the lung (HU, soft cap).
+MOTTLED_CAP_HU = 80.0
+
 
 class _LungModel:
     """Lung HU of each slice, for one study.
@@ -92,7 +95,10 @@ class _LungModel:
             return P.tex_amp * sh * fine + st["lobular"].at(a, b, zb, zw), fine  # type: ignore[attr-defined]
         if self.style == "mottled":
             m = st["mottled"].at(zw)  # type: ignore[attr-defined]
-            return P.tex_amp * self.style_params["gain"] * m, m
+            t = P.tex_amp * self.style_params["gain"] * m
+            # soft cap on the bright tail: clumps stay fainter than the faintest ground glass
+            # (100 HU above the lung), so no unlabelled nodule-like blotch is drawn
+            return np.where(t > 0, MOTTLED_CAP_HU * np.tanh(t * (1.0 / MOTTLED_CAP_HU)), t), m
         return P.tex_amp * tex, tex
 
     def slice(
