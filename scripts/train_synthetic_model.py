@@ -34,19 +34,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pacs_node.ml.cases import PhantomSet, list_cases  # noqa: E402
+from pacs_node.ml.cases import PhantomSet  # noqa: E402
 from pacs_node.ml.patchcache import build_cache  # noqa: E402
 from pacs_node.ml.candidates import CandidateParams  # noqa: E402
 from pacs_node.ml.lungs import LungMaskParams  # noqa: E402
+from pacs_node.ml.mining import MiningParams  # noqa: E402
 from pacs_node.ml.phantom.variation import Variation  # noqa: E402
 from pacs_node.ml.preprocess import FrontEndConfig  # noqa: E402
-from pacs_node.ml.train import TrainConfig, train  # noqa: E402
+from pacs_node.ml.samples import SampleParams  # noqa: E402
+from pacs_node.ml.train import TrainConfig, train, training_cases  # noqa: E402
 
 PHANTOM_SEED = 20250
 STUDIES = 160
 TRAIN_SEED = 1
 V2_PHANTOM_SEED = 30300
 V2_STUDIES = 96
+V3_CLASSIC_STUDIES = 48
 
 
 def v2_front_end() -> FrontEndConfig:
@@ -61,6 +64,16 @@ def v2_front_end() -> FrontEndConfig:
 
 def recipe(name: str, out: Path, studies: int | None, steps: int) -> TrainConfig:
     """The training configuration of a bundled model."""
+    if name == "v3":
+        v2 = recipe("v2", out, studies, steps)
+        return replace(
+            v2, version="3.0.0",
+            description="Lung nodule detector trained only on synthetic chest CT phantoms: domain-randomised "
+                        "(Variation.wide()) and classic studies, model-mined hard negatives (pacs_node.ml.phantom)",
+            extra_phantoms=(PhantomSet(count=V3_CLASSIC_STUDIES, seed=PHANTOM_SEED),),
+            samples=SampleParams(negatives_per_case=300, hard_negatives=100),
+            mining=MiningParams(share=0.5, pool_fraction=0.1, first_epoch=0),
+            calibrate_cases=14, init_weights=Path("models/lung-nodule-synthetic-v2/weights.pt"))
     if name == "v1":
         return TrainConfig(
             name=out.name, version="1.0.0",
@@ -78,7 +91,7 @@ def recipe(name: str, out: Path, studies: int | None, steps: int) -> TrainConfig
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", choices=("v1", "v2"), default="v2")
+    ap.add_argument("--recipe", choices=("v1", "v2", "v3"), default="v3")
     ap.add_argument("--out", type=Path, default=None, help="default models/lung-nodule-synthetic-RECIPE")
     ap.add_argument("--cache", type=Path, default=None, help="default var/cache/phantom-train[-RECIPE]")
     ap.add_argument("--studies", type=int, default=None)
@@ -92,7 +105,7 @@ def main() -> None:
     cache = args.cache or Path("var/cache/phantom-train" + ("" if args.recipe == "v1" else f"-{args.recipe}"))
     config = recipe(args.recipe, out, args.studies, args.steps_per_epoch)
     if args.cache_only:
-        cases = list_cases(cache, "phantom", config.phantoms)
+        cases = training_cases(cache, "phantom", config)
         paths = build_cache(cases, cache, config.front_end, config.samples, TRAIN_SEED, workers=config.workers,
                             say=lambda line: print(line, flush=True))
         print(f"cached {len(paths)}/{len(cases)} studies under {cache}")

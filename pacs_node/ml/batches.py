@@ -34,26 +34,31 @@ def center_crop(patches: np.ndarray, size: int) -> np.ndarray:
 
 
 def batches(data: PatchStore, rng: np.random.Generator, batch_size: int, positive_fraction: float,
-            steps: int) -> Iterator[np.ndarray]:
+            steps: int, hard: np.ndarray | None = None, hard_share: float = 0.0) -> Iterator[np.ndarray]:
     """Index batches with a fixed share of positives (sampled with replacement) and negatives.
 
     Negatives are drawn without replacement from a shuffled order over all cases,
-    reshuffled when used up.
+    reshuffled when used up.  With a pool of ``hard`` negatives (see
+    :mod:`pacs_node.ml.mining`), ``hard_share`` of each batch's negatives come from
+    the pool instead, with replacement.
     """
     pos = np.nonzero(data.label == 1)[0]
     neg = np.nonzero(data.label == 0)[0]
     n_pos = max(1, int(round(batch_size * positive_fraction))) if len(pos) else 0
     n_neg = batch_size - n_pos
+    n_hard = int(round(n_neg * hard_share)) if hard is not None and len(hard) else 0
+    n_easy = n_neg - n_hard
     neg_order = rng.permutation(neg)
     k = 0
     for _ in range(steps):
-        if k + n_neg > len(neg_order):
+        if k + n_easy > len(neg_order):
             neg_order = rng.permutation(neg)
             k = 0
-        idx = np.concatenate([rng.choice(pos, n_pos) if n_pos else np.empty(0, dtype=np.int64),
-                              neg_order[k:k + n_neg]])
-        k += n_neg
-        yield idx
+        parts = [rng.choice(pos, n_pos) if n_pos else np.empty(0, dtype=np.int64), neg_order[k:k + n_easy]]
+        if n_hard:
+            parts.append(rng.choice(hard, n_hard))  # type: ignore[arg-type]
+        k += n_easy
+        yield np.concatenate(parts)
 
 
 class Batch(NamedTuple):
@@ -89,11 +94,15 @@ def make_batch(data: PatchStore, idx: np.ndarray, rng: np.random.Generator | Non
 
 def training_batches(data: PatchStore, rng: np.random.Generator, *, batch_size: int, positive_fraction: float,
                      steps: int, patch_size: int, hu_window: tuple[float, float], params: AugmentParams,
-                     prefetch: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
-    """One epoch of augmented batches; ``prefetch > 0``: prepared by a thread, at most that many ahead."""
+                     prefetch: int = 0, pin_memory: bool = False, hard: np.ndarray | None = None,
+                     hard_share: float = 0.0) -> Iterator[Batch]:
+    """One epoch of augmented batches; ``prefetch > 0``: prepared by a thread, at most that many ahead.
+
+    ``hard``, ``hard_share``: mined negatives, as :func:`batches` takes them.
+    """
 
     def produce() -> Iterator[Batch]:
-        for idx in batches(data, rng, batch_size, positive_fraction, steps):
+        for idx in batches(data, rng, batch_size, positive_fraction, steps, hard, hard_share):
             b = make_batch(data, idx, rng, patch_size, hu_window, params)
             yield b.pin_memory() if pin_memory else b
 

@@ -58,7 +58,8 @@ def card_extra(cfg: TrainConfig, *, fmt: str, data_dir: Path, cases_total: int, 
     """The free-form ``[model]``, ``[files]`` and ``[training]`` sections of a trained model's card.
 
     For ``fmt="phantom"``, ``[training.phantoms]`` records the synthetic set, its
-    generator variation (``[training.phantoms.variation]``) included.
+    generator variation (``[training.phantoms.variation]``) included, and
+    ``[training.extra_phantoms.setN]`` each further set.
     """
     training: dict[str, object] = {
         "data_format": fmt,
@@ -82,10 +83,15 @@ def card_extra(cfg: TrainConfig, *, fmt: str, data_dir: Path, cases_total: int, 
         "host": f"{platform.machine()} {os.cpu_count()} cpu",
         "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+    if cfg.mining is not None:
+        training["mining"] = jsonable(asdict(cfg.mining))
     if cfg.init_weights is not None:
         training["initialised_from"] = str(cfg.init_weights)
     if cfg.phantoms is not None and fmt == "phantom":
         training["phantoms"] = jsonable(cfg.phantoms.to_dict())
+        if cfg.extra_phantoms:
+            training["extra_phantoms"] = {f"set{k + 1}": jsonable(p.to_dict())
+                                          for k, p in enumerate(cfg.extra_phantoms)}
     return {
         "model": {"description": cfg.description,
                   "intended_use": "research and testing only; not a medical device, not for clinical use"},

@@ -32,6 +32,7 @@ from pacs_node.ml.calibrate import FROC_FP_RATES, calibrate, froc_points
 from pacs_node.ml.cases import Case, PhantomSet, list_cases
 from pacs_node.ml.checkpoint import TrainingState, checkpoint_path
 from pacs_node.ml.losses import losses
+from pacs_node.ml.mining import MiningParams, hard_pool, score_samples
 from pacs_node.ml.modelcard import ModelCard, Thresholds
 from pacs_node.ml.modelfolder import card_extra, jsonable, write_model
 from pacs_node.ml.network import NetworkConfig, NoduleNet, count_parameters
@@ -69,6 +70,9 @@ class TrainConfig:
         ``data_dir/.pacs-node-cache`` otherwise.
     phantoms
         The synthetic studies for ``fmt="phantom"``.
+    extra_phantoms
+        More synthetic sets trained on beside ``phantoms`` (e.g. classic studies mixed
+        into a domain-randomised set, so that the model keeps what it knew).
     calibrate_cases
         Most validation studies the full detector runs on at the end (0: none).
     target_fp_per_scan
@@ -84,6 +88,9 @@ class TrainConfig:
         thread would only compete with the network for the same cores.
     max_open_cases
         Most cases whose patch files the training store keeps open.
+    mining
+        Hard-negative mining (:class:`~pacs_node.ml.mining.MiningParams`); ``None``:
+        negatives are drawn uniformly.
     init_weights
         Start from these weights (a ``weights.pt`` of the same architecture, e.g. an
         earlier model) instead of a random initialisation: fine-tuning.
@@ -101,6 +108,7 @@ class TrainConfig:
     workers: int = 2
     cache_dir: Path | None = None
     phantoms: PhantomSet | None = None
+    extra_phantoms: tuple[PhantomSet, ...] = ()
     calibrate_cases: int = 20
     target_fp_per_scan: float = 1.0
     threads: int | None = None
@@ -108,6 +116,7 @@ class TrainConfig:
     prefetch: int | None = None
     max_open_cases: int = 64
     init_weights: Path | None = None
+    mining: MiningParams | None = None
     network: NetworkConfig = field(default_factory=NetworkConfig)
     front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
     samples: SampleParams = field(default_factory=SampleParams)
@@ -131,6 +140,22 @@ def _split(cases: list[Case], fraction: float, seed: int) -> tuple[list[int], li
     n_val = max(1, int(round(n * fraction)))
     order = np.random.default_rng([seed, 7]).permutation(n)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def training_cases(data_dir: Path, fmt: str, cfg: TrainConfig) -> list[Case]:
+    """The cases a configuration trains on: the data folder's, or every phantom set's.
+
+    Raises
+    ------
+    ValueError
+        As :func:`list_cases`, or if two phantom sets share a study.
+    """
+    cases = list_cases(data_dir, fmt, cfg.phantoms)
+    if fmt == "phantom":
+        cases += [c for extra in cfg.extra_phantoms for c in list_cases(data_dir, fmt, extra)]
+        if len({c.case_id for c in cases}) != len(cases):
+            raise ValueError("the phantom sets share studies (same seed and index); give each set its own seed")
+    return cases
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -186,7 +211,7 @@ def train(data_dir: Path, fmt: str, out_dir: Path, *, epochs: int = 8, seed: int
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     t_start = time.perf_counter()
 
-    cases = list_cases(data_dir, fmt, cfg.phantoms)
+    cases = training_cases(data_dir, fmt, cfg)
     cache_dir = cfg.cache_dir or (data_dir if fmt == "phantom" else data_dir / ".pacs-node-cache")
     say(f"cases={len(cases)} format={fmt} cache={cache_dir}")
     train_idx, val_idx = _split(cases, cfg.val_fraction, seed)
@@ -241,10 +266,15 @@ def train(data_dir: Path, fmt: str, out_dir: Path, *, epochs: int = 8, seed: int
                             positives_train=int(train_data.label.sum()), seed=seed, epochs=epochs, model=model,
                             device=dev, precision=precision.name)
     for epoch in range(start_epoch, epochs):
+        mined = _mine(model, train_data, cfg, dev, precision, epoch)
+        if mined:
+            say(f"epoch {epoch + 1}/{epochs} mined {len(mined[0])} hard negatives "
+                f"(scores >= {mined[1]['mined_min_score']:.3f}) in {mined[1]['mine_s']:.0f}s")
         record = _train_epoch(state, train_data, cfg, dev, precision, steps, prefetch,
                               lambda s, loss, el: say(f"epoch {epoch + 1}/{epochs} step {s}/{steps} loss={loss:.4f} "
-                                                      f"elapsed={el:.0f}s eta={el / s * (steps - s):.0f}s"))
-        record = {"epoch": float(epoch + 1), **record}
+                                                      f"elapsed={el:.0f}s eta={el / s * (steps - s):.0f}s"),
+                              hard=mined[0] if mined else None)
+        record = {"epoch": float(epoch + 1), **record, **(mined[1] if mined else {})}
         t_val = time.perf_counter()
         if val_data is not None and len(val_data):
             record.update(evaluate_patches(model, val_data, cfg, dev, precision))
@@ -279,8 +309,23 @@ def train(data_dir: Path, fmt: str, out_dir: Path, *, epochs: int = 8, seed: int
     return TrainResult(out_dir, history, card)
 
 
+def _mine(model: NoduleNet, data: PatchStore, cfg: TrainConfig, dev: str, precision: Precision,
+          epoch: int) -> tuple[np.ndarray, dict[str, float]] | None:
+    """The hard-negative pool of this epoch and its statistics, or ``None`` when not mining."""
+    if cfg.mining is None or epoch < cfg.mining.first_epoch:
+        return None
+    t = time.perf_counter()
+    neg = np.nonzero(data.label == 0)[0]
+    scores = score_samples(model, data, neg, dev, precision)
+    pool = hard_pool(neg, scores, cfg.mining.pool_fraction)
+    floor = float(np.sort(scores)[-len(pool)]) if len(pool) else float("nan")
+    return pool, {"mined_min_score": floor, "neg_above_0.5": float((scores >= 0.5).mean()) if len(scores) else 0.0,
+                  "mine_s": time.perf_counter() - t}
+
+
 def _train_epoch(state: TrainingState, data: PatchStore, cfg: TrainConfig, dev: str, precision: Precision,
-                 steps: int, prefetch: int, report: Callable[[int, float, float], None]) -> dict[str, float]:
+                 steps: int, prefetch: int, report: Callable[[int, float, float], None],
+                 hard: np.ndarray | None = None) -> dict[str, float]:
     """One epoch of ``steps`` batches; returns mean losses, learning rate, timings and throughput."""
     model, opt, sched, scaler = state.model, state.optimizer, state.scheduler, state.scaler
     model.train()
@@ -290,7 +335,8 @@ def _train_epoch(state: TrainingState, data: PatchStore, cfg: TrainConfig, dev: 
     cuda = dev.startswith("cuda")
     stream = training_batches(data, state.rng, batch_size=cfg.batch_size, positive_fraction=cfg.positive_fraction,
                               steps=steps, patch_size=cfg.network.patch_size, hu_window=cfg.network.hu_window,
-                              params=cfg.augment, prefetch=prefetch, pin_memory=cuda)
+                              params=cfg.augment, prefetch=prefetch, pin_memory=cuda, hard=hard,
+                              hard_share=cfg.mining.share if cfg.mining is not None else 0.0)
     t_wait = time.perf_counter()
     for step, batch in enumerate(stream):
         wait += time.perf_counter() - t_wait

@@ -23,8 +23,9 @@ from pacs_node.ml.batches import batches, make_batch, training_batches
 from pacs_node.ml.calibrate import froc_points
 from pacs_node.ml.cases import Case, PhantomSet, list_cases, load_case_volume, phantom_volume
 from pacs_node.ml.detector import Detector
+from pacs_node.ml.mining import MiningParams, hard_pool, score_samples
 from pacs_node.ml.modelcard import read_model_card
-from pacs_node.ml.network import NetworkConfig, normalise_hu
+from pacs_node.ml.network import NetworkConfig, NoduleNet, normalise_hu
 from pacs_node.ml.patchstore import INDEX_BYTES_PER_SAMPLE, PatchStore, write_case
 from pacs_node.ml.phantom.variation import FAMILIES, STYLES, Variation
 from pacs_node.ml.precision import select_device, select_precision
@@ -182,6 +183,24 @@ def test_prefetched_batches_are_the_batches_made_inline_and_leave_the_same_rando
             list(training_batches(store, np.random.default_rng(3), prefetch=2, **kw))
 
 
+def test_mined_negatives_are_the_highest_scored_and_fill_their_share_of_every_batch(tmp_path: Path) -> None:
+    paths, _ = _fake_cases(tmp_path, [(2, 30)] * 3)
+    with PatchStore(paths) as store:
+        neg = np.nonzero(store.label == 0)[0]
+        model = NoduleNet(NetworkConfig(patch_size=16, widths=(4, 8, 8, 8), head_channels=8, hidden=16))
+        scores = score_samples(model, store, neg, "cpu", chunk=7)
+        whole = torch.sigmoid(model.eval()(make_batch(store, neg, None, 16, (-1100.0, 400.0)).x).logit).detach()
+        np.testing.assert_allclose(scores, whole.numpy(), rtol=1e-4, atol=1e-6)  # chunking keeps the order
+        pool = hard_pool(neg, scores, 0.1)
+        assert len(pool) == 9 and scores[np.isin(neg, pool)].min() >= scores[~np.isin(neg, pool)].max()
+        # 16 per batch: 8 positives, 8 negatives of which 6 (share 0.75) from the pool
+        for idx in batches(store, np.random.default_rng(0), 16, 0.5, 20, hard=pool, hard_share=0.75):
+            assert (store.label[idx] == 1).sum() == 8
+            assert np.isin(idx[store.label[idx] == 0], pool).sum() >= 6
+        drawn = np.concatenate(list(batches(store, np.random.default_rng(0), 16, 0.5, 20)))
+        assert np.isin(drawn, pool).sum() < 0.3 * 20 * 8  # without a pool: uniform, about a tenth
+
+
 def _tiny_luna16(folder: Path, n: int) -> list[Path]:
     volume = np.full((8, 8, 8), -800, dtype=np.int16)
     mhds = [write_mhd(volume, (1.0, 1.0, 1.0), (0.0, 0.0, float(i)), folder / "subset0" / f"1.2.3.{i}.mhd")
@@ -235,7 +254,8 @@ def test_interrupted_training_resumes_to_the_same_model_and_the_card_records_the
         tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(patchcache, "build_case", _fake_samples)
     variation = Variation.wide(without=("nodules",), styles=("classic", "lobular"))
-    cfg = TrainConfig(**{**FAST.__dict__, "phantoms": PhantomSet(count=4, seed=5, variation=variation)})
+    cfg = TrainConfig(**{**FAST.__dict__, "phantoms": PhantomSet(count=4, seed=5, variation=variation),
+                         "extra_phantoms": (PhantomSet(count=2, seed=6),), "mining": MiningParams(first_epoch=1)})
     lines: list[str] = []
     whole = train(tmp_path / "cache", "phantom", tmp_path / "whole", epochs=2, seed=0, config=cfg,
                   progress=lines.append)
@@ -262,9 +282,19 @@ def test_interrupted_training_resumes_to_the_same_model_and_the_card_records_the
     assert record["samples_per_s"] > 0 and record["epoch_s"] > 0
     assert any(line.startswith("epoch 2/2 ") and "samples_per_s=" in line for line in lines)
 
+    assert "mine_s" not in whole.history[0] and 0.0 <= whole.history[1]["mined_min_score"] <= 1.0
+    assert any(line.startswith("epoch 2/2 mined ") for line in lines)
+
     card = read_model_card(tmp_path / "split")
     phantoms = card.extra["training"]["phantoms"]
     assert phantoms["variation"] == {"families": sorted(set(FAMILIES) - {"nodules"}), "styles": ["classic", "lobular"]}
+    assert card.extra["training"]["cases_total"] == 6
+    assert card.extra["training"]["extra_phantoms"]["set1"]["seed"] == 6
+    assert card.extra["training"]["extra_phantoms"]["set1"]["variation"]["families"] == []
+    assert card.extra["training"]["mining"] == {"share": 0.5, "pool_fraction": 0.1, "first_epoch": 1}
+    same = TrainConfig(**{**cfg.__dict__, "extra_phantoms": (PhantomSet(count=2, seed=5),)})
+    with pytest.raises(ValueError, match="share studies"):
+        train(tmp_path / "cache", "phantom", tmp_path / "dup", epochs=1, seed=0, config=same)
     assert card.extra["training"]["precision"] == "fp32" and card.extra["training"]["device"] == "cpu"
 
 
