@@ -244,9 +244,11 @@ def train(
     styles: Annotated[str | None, typer.Option("--styles", metavar="A,B", help="With --format phantom: " + _STYLES_HELP)] = None,
     amp: Annotated[str, typer.Option(help="Mixed precision: auto (CUDA: bf16, else fp16; CPU: off), bf16, fp16 or off.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Processes building the patch cache.")] = 2,
+    mine: Annotated[bool, typer.Option("--mine-hard-negatives/--no-mine-hard-negatives", help="From the second epoch, draw half of each batch's negatives from the tenth the model scores highest.")] = True,
 ) -> None:
     """Train a nodule detector and write its model folder (weights + model card)."""
     from pacs_node.ml.cases import PhantomSet
+    from pacs_node.ml.mining import MiningParams
     from pacs_node.ml.precision import AMP_MODES
     from pacs_node.ml.train import TrainConfig
     from pacs_node.ml.train import train as run_training
@@ -262,7 +264,8 @@ def train(
         raise typer.Exit(2)
     variation = _variation(wide, without, styles)
     phantom_set = PhantomSet(count=phantoms, seed=phantom_seed, variation=variation) if phantoms else None
-    config = TrainConfig(name=out.name, phantoms=phantom_set, amp=amp, workers=workers)
+    config = TrainConfig(name=out.name, phantoms=phantom_set, amp=amp, workers=workers,
+                         mining=MiningParams() if mine else None)
     try:
         result = run_training(data, fmt.value, out, epochs=epochs, seed=seed, resume=resume, device=device,
                               config=config, progress=typer.echo)

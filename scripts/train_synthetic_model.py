@@ -39,6 +39,7 @@ from pacs_node.ml.patchcache import build_cache  # noqa: E402
 from pacs_node.ml.candidates import CandidateParams  # noqa: E402
 from pacs_node.ml.lungs import LungMaskParams  # noqa: E402
 from pacs_node.ml.mining import MiningParams  # noqa: E402
+from pacs_node.ml.modelcard import Inference  # noqa: E402
 from pacs_node.ml.phantom.variation import Variation  # noqa: E402
 from pacs_node.ml.preprocess import FrontEndConfig  # noqa: E402
 from pacs_node.ml.samples import SampleParams  # noqa: E402
@@ -73,6 +74,7 @@ def recipe(name: str, out: Path, studies: int | None, steps: int) -> TrainConfig
             extra_phantoms=(PhantomSet(count=V3_CLASSIC_STUDIES, seed=PHANTOM_SEED),),
             samples=SampleParams(negatives_per_case=300, hard_negatives=100),
             mining=MiningParams(share=0.5, pool_fraction=0.1, first_epoch=0),
+            inference=Inference(flips=4, rescore_above=0.2),
             calibrate_cases=14, init_weights=Path("models/lung-nodule-synthetic-v2/weights.pt"))
     if name == "v1":
         return TrainConfig(

@@ -79,7 +79,8 @@ def calibrate(model: NoduleNet, cfg: TrainConfig, cases: Sequence[Case], say: Ca
 
     The report threshold is the FROC threshold at the rate nearest to
     ``cfg.target_fp_per_scan`` false positives per scan, kept within 0.2 .. 0.95.
-    The detector runs on ``device`` (where the model is).
+    The detector runs on ``device`` (where the model is), with the configuration's
+    test-time flips.
 
     Returns
     -------
@@ -89,7 +90,7 @@ def calibrate(model: NoduleNet, cfg: TrainConfig, cases: Sequence[Case], say: Ca
     from pacs_node.ml.detector import Detector
 
     base = Thresholds()
-    card = ModelCard(cfg.name, cfg.version, cfg.network, cfg.front_end, base)
+    card = ModelCard(cfg.name, cfg.version, cfg.network, cfg.front_end, base, inference=cfg.inference)
     det = Detector(card, model.eval(), device)
     found, truth = [], []
     for case in cases:

@@ -47,7 +47,7 @@ def write_model(model: NoduleNet, cfg: TrainConfig, out_dir: Path, thresholds: T
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
     tmp.replace(weights)
     card = ModelCard(cfg.name, cfg.version, cfg.network, cfg.front_end, thresholds, WEIGHTS_FILE,
-                     sha256_file(weights), extra)
+                     sha256_file(weights), extra, cfg.inference)
     write_model_card(card, out_dir)
     return card
 

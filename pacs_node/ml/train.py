@@ -33,7 +33,7 @@ from pacs_node.ml.cases import Case, PhantomSet, list_cases
 from pacs_node.ml.checkpoint import TrainingState, checkpoint_path
 from pacs_node.ml.losses import losses
 from pacs_node.ml.mining import MiningParams, hard_pool, score_samples
-from pacs_node.ml.modelcard import ModelCard, Thresholds
+from pacs_node.ml.modelcard import Inference, ModelCard, Thresholds
 from pacs_node.ml.modelfolder import card_extra, jsonable, write_model
 from pacs_node.ml.network import NetworkConfig, NoduleNet, count_parameters
 from pacs_node.ml.patchcache import build_cache
@@ -88,6 +88,9 @@ class TrainConfig:
         thread would only compete with the network for the same cores.
     max_open_cases
         Most cases whose patch files the training store keeps open.
+    inference
+        Test-time flips of the model (card ``[inference]``), used by calibration too, so
+        that the operating point is chosen with the scores the node will produce.
     mining
         Hard-negative mining (:class:`~pacs_node.ml.mining.MiningParams`); ``None``:
         negatives are drawn uniformly.
@@ -117,6 +120,7 @@ class TrainConfig:
     max_open_cases: int = 64
     init_weights: Path | None = None
     mining: MiningParams | None = None
+    inference: Inference = field(default_factory=Inference)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
     samples: SampleParams = field(default_factory=SampleParams)

@@ -24,7 +24,7 @@ from pacs_node.ml.calibrate import froc_points
 from pacs_node.ml.cases import Case, PhantomSet, list_cases, load_case_volume, phantom_volume
 from pacs_node.ml.detector import Detector
 from pacs_node.ml.mining import MiningParams, hard_pool, score_samples
-from pacs_node.ml.modelcard import read_model_card
+from pacs_node.ml.modelcard import Inference, read_model_card
 from pacs_node.ml.network import NetworkConfig, NoduleNet, normalise_hu
 from pacs_node.ml.patchstore import INDEX_BYTES_PER_SAMPLE, PatchStore, write_case
 from pacs_node.ml.phantom.variation import FAMILIES, STYLES, Variation
@@ -255,7 +255,8 @@ def test_interrupted_training_resumes_to_the_same_model_and_the_card_records_the
     monkeypatch.setattr(patchcache, "build_case", _fake_samples)
     variation = Variation.wide(without=("nodules",), styles=("classic", "lobular"))
     cfg = TrainConfig(**{**FAST.__dict__, "phantoms": PhantomSet(count=4, seed=5, variation=variation),
-                         "extra_phantoms": (PhantomSet(count=2, seed=6),), "mining": MiningParams(first_epoch=1)})
+                         "extra_phantoms": (PhantomSet(count=2, seed=6),), "mining": MiningParams(first_epoch=1),
+                         "inference": Inference(flips=2, rescore_above=0.3)})
     lines: list[str] = []
     whole = train(tmp_path / "cache", "phantom", tmp_path / "whole", epochs=2, seed=0, config=cfg,
                   progress=lines.append)
@@ -289,6 +290,7 @@ def test_interrupted_training_resumes_to_the_same_model_and_the_card_records_the
     phantoms = card.extra["training"]["phantoms"]
     assert phantoms["variation"] == {"families": sorted(set(FAMILIES) - {"nodules"}), "styles": ["classic", "lobular"]}
     assert card.extra["training"]["cases_total"] == 6
+    assert card.inference == Inference(flips=2, rescore_above=0.3)
     assert card.extra["training"]["extra_phantoms"]["set1"]["seed"] == 6
     assert card.extra["training"]["extra_phantoms"]["set1"]["variation"]["families"] == []
     assert card.extra["training"]["mining"] == {"share": 0.5, "pool_fraction": 0.1, "first_epoch": 1}
@@ -324,6 +326,7 @@ def test_train_options_choose_the_generator_variation_and_the_cache_fingerprint(
                                       "--without", "pleura", "--styles", "classic,mottled"])
     assert result.exit_code == 0, result.output
     wide = seen["config"].phantoms  # type: ignore[attr-defined]
+    assert seen["config"].mining == MiningParams()  # type: ignore[attr-defined]
     assert wide.variation == Variation(frozenset(FAMILIES) - {"nodules", "pleura"}, ("classic", "mottled"))
     classic = PhantomSet(count=3, seed=wide.seed)
     assert classic.variation.is_classic
