@@ -152,6 +152,10 @@ class WorkerConfig(_Section):
     max_attempts: int = Field(default=3, ge=1)
 
 
+#: The report objects a destination can receive (its output profile).
+ObjectName = Literal["sr", "key_image", "kos", "gsps", "seg"]
+
+
 class Destination(_Section):
     """A DICOM node that receives our reports, and which of them (its output profile)."""
 
@@ -159,11 +163,24 @@ class Destination(_Section):
     ae_title: AETitle
     host: str = Field(min_length=1)
     port: Port
-    #: "sr": the TID 1500 structured report; "key_image": the Secondary Capture key images.
-    objects: list[Literal["sr", "key_image"]] = Field(default_factory=lambda: ["sr", "key_image"], min_length=1)
+    #: "sr": the TID 1500 structured report; "key_image": the Secondary Capture key images;
+    #: "kos": the Key Object Selection flagging them (needs "key_image"); "gsps": the
+    #: presentation state marking the nodules on the CT; "seg": the nodule segmentation.
+    #: The default is what every PACS stores.
+    objects: list[ObjectName] = Field(default_factory=lambda: ["sr", "key_image"], min_length=1)
     tls: DestinationTLS | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @field_validator("objects")
+    @classmethod
+    def _profile(cls, objects: list[str]) -> list[str]:
+        repeated = sorted({name for name in objects if objects.count(name) > 1})
+        if repeated:
+            raise ValueError(f"objects lists {', '.join(repeated)} more than once")
+        if "kos" in objects and "key_image" not in objects:
+            raise ValueError('"kos" references the key images: add "key_image" to objects')
+        return objects
 
 
 class SendingConfig(_Section):

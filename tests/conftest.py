@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -136,7 +137,9 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
         for item in items:
             lines.append(f"[[{name}]]")
             lines.extend(
-                f"{k} = {_inline_table(v)}" if isinstance(v, dict) else f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"'
+                f"{k} = {_inline_table(v)}" if isinstance(v, dict)
+                else f"{k} = {json.dumps(v)}" if isinstance(v, list)  # a TOML array of strings
+                else f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"'
                 for k, v in item.items()
             )
     for name, values in defaults.items():

@@ -54,6 +54,28 @@ def test_duplicate_destination_names_are_refused(tmp_path: Path) -> None:
         load_settings(_write(tmp_path, text), environ={})
 
 
+_DESTINATION = '[[destinations]]\nname = "a"\nae_title = "P"\nhost = "h"\nport = 104\n'
+
+
+def test_output_profile_defaults_to_sr_and_key_images_and_takes_the_new_objects(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, _DESTINATION), environ={}).destinations[0].objects == ["sr", "key_image"]
+    every = 'objects = ["sr", "key_image", "kos", "gsps", "seg"]\n'
+    settings = load_settings(_write(tmp_path, _DESTINATION + every), environ={})
+    assert settings.destinations[0].objects == ["sr", "key_image", "kos", "gsps", "seg"]
+    assert load_settings(REPO / "config" / "pacs-node.toml", environ={}).destinations[0].objects == ["sr", "key_image"]
+
+
+@pytest.mark.parametrize(("objects", "message"), [
+    ('["sr", "kos"]', '"kos" references the key images: add "key_image"'),
+    ('["sr", "gsps", "sr"]', "objects lists sr more than once"),
+    ('["sr", "pdf"]', "destinations.0.objects.1"),
+    ("[]", "destinations.0.objects"),
+])
+def test_bad_output_profiles_are_refused(tmp_path: Path, objects: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(_write(tmp_path, _DESTINATION + f"objects = {objects}\n"), environ={})
+
+
 def test_not_toml_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(_write(tmp_path, "[node\n"), environ={})

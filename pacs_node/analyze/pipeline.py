@@ -3,6 +3,14 @@
 The job writes its SR and key images into the spool once, with UIDs made here; the
 worker then commits the job, these objects and their deliveries in one transaction,
 so every later send or resend carries the very same objects.
+
+For a series with findings it also writes the objects that some destination's output
+profile asks for: the Key Object Selection, the presentation state and the
+segmentation (:mod:`pacs_node.report.kos`, :mod:`~pacs_node.report.gsps`,
+:mod:`~pacs_node.report.seg`).  A series without findings, or not analysed, gets none
+of these three: there is nothing to flag, mark or segment (its SR and overview key
+image say why).  Should one of them fail to build (an unusual geometry), it is left
+out with a warning and the SR and key images are still delivered.
 """
 
 from __future__ import annotations
@@ -29,7 +37,10 @@ from pacs_node.db.queue import ClaimedJob
 from pacs_node.imaging.findings import Finding, study_category
 from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.receive.spool import Spool
+from pacs_node.report.gsps import build_gsps
 from pacs_node.report.keyimages import build_key_images
+from pacs_node.report.kos import build_kos
+from pacs_node.report.seg import build_seg
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
 from pacs_node.worker import JobOutcome
 
@@ -38,6 +49,9 @@ log = logging.getLogger(__name__)
 #: Series numbers of the objects we add to a study (high, to sort after the scanner's).
 SR_SERIES_NUMBER = 9901
 KEY_IMAGE_SERIES_NUMBER = 9902
+KOS_SERIES_NUMBER = 9903
+GSPS_SERIES_NUMBER = 9904
+SEG_SERIES_NUMBER = 9905
 
 
 class NoduleDetector(Protocol):
@@ -87,6 +101,11 @@ class Analysis:
         self.spool_root = Path(settings.storage.spool_dir)
         self.algorithm = AlgorithmInfo(detector.name, detector.version, synthetic_data=detector.synthetic_data)
         self.device = DeviceInfo("pacs-node project", "pacs-node", __version__, settings.node.name)
+        #: Objects beyond the SR and key images that some destination receives.
+        self.extra_kinds = [
+            kind for kind in (ObjectKind.KOS, ObjectKind.GSPS, ObjectKind.SEG)
+            if any(kind.value in destination.objects for destination in settings.destinations)
+        ]
 
     def __call__(self, engine: Engine, job: ClaimedJob) -> JobOutcome:
         timings: dict[str, float] = {}
@@ -190,11 +209,35 @@ class Analysis:
             sop_instance_uids=[generate_uid() for _ in range(1 + len(findings))],
             series_number=KEY_IMAGE_SERIES_NUMBER,
         )
+        produced = [(ObjectKind.SR, sr), *((ObjectKind.KEY_IMAGE, image) for image in images)]
+        if findings:
+            produced.extend(self._finding_objects(source, findings, images))
         written: list[ObjectRow] = []
-        for kind, ds in [(ObjectKind.SR, sr), *((ObjectKind.KEY_IMAGE, image) for image in images)]:
+        for kind, ds in produced:
             stored = spool.write_dataset(ds, spool.report_path(study_uid, ds.SOPInstanceUID))
             written.append((kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), stored.relative_path))
         return written
+
+    def _finding_objects(
+        self, source: list[Dataset], findings: list[Finding], key_images: Sequence[Dataset]
+    ) -> list[tuple[ObjectKind, Dataset]]:
+        """The KOS, presentation state and segmentation the destinations want, each with fresh UIDs."""
+        built: list[tuple[ObjectKind, Dataset]] = []
+        for kind in self.extra_kinds:
+            common = {"algorithm": self.algorithm, "device": self.device,
+                      "series_instance_uid": generate_uid(), "sop_instance_uid": generate_uid()}
+            try:
+                if kind is ObjectKind.KOS:
+                    ds = build_kos(source, findings, key_images, series_number=KOS_SERIES_NUMBER, **common)
+                elif kind is ObjectKind.GSPS:
+                    ds = build_gsps(source, findings, series_number=GSPS_SERIES_NUMBER, **common)
+                else:
+                    ds = build_seg(source, findings, series_number=SEG_SERIES_NUMBER, **common)
+            except Exception as exc:  # an extra object must not cost the SR and key images
+                log.warning("event=object_skipped kind=%s error=%s", kind.value, type(exc).__name__)
+                continue
+            built.append((kind, ds))
+        return built
 
 
 def _rank(category: str) -> int:

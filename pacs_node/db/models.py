@@ -80,6 +80,9 @@ class ObjectKind(enum.StrEnum):
 
     SR = "sr"
     KEY_IMAGE = "key_image"
+    KOS = "kos"
+    GSPS = "gsps"
+    SEG = "seg"
 
 
 def _enum(cls: type[enum.StrEnum]) -> Enum:

@@ -7,7 +7,11 @@ site Lung (39607008, SCT) or the lobe with its laterality, Long axis (103339001,
 Short axis (103340004, SCT), Diameter (81827009, SCT) = Lung-RADS mean diameter,
 Volume (118565006, SCT, mm3), Mean Attenuation Coefficient (112181, DCM, [hnsf'U]),
 Border shape (112015, DCM) = Spiculated (112136, DCM), CAD Processing and Findings
-Summary (111017, DCM) with CID 6047 values, Absent (272519000, SCT).
+Summary (111017, DCM) with CID 6047 values, Absent (272519000, SCT).  The other
+objects: Key Object Selection title Of Interest (113000, DCM, CID 7010); segment
+property category Morphologically Abnormal Structure (49755003, SCT, CID 7150) with
+type Nodule; segmentation algorithm family Artificial Intelligence (123110, DCM,
+CID 7162).
 
 The detection score is a detector confidence, not a probability of malignancy, so it
 is not (111047, DCM, "Probability of cancer"); it is stored as (111012, DCM,
@@ -76,6 +80,9 @@ SPICULATED: Code = codes.DCM.Spiculated
 ABSENT: Code = codes.SCT.Absent
 COMMENT: Code = codes.DCM.Comment
 CAD_SUMMARY: Code = codes.DCM.CADProcessingAndFindingsSummary
+OF_INTEREST: Code = codes.DCM.OfInterest
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE: Code = codes.SCT.MorphologicallyAbnormalStructure
+ARTIFICIAL_INTELLIGENCE: Code = codes.DCM.ArtificialIntelligence
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 ENGLISH = hd.sr.CodedConcept(value="en-US", scheme_designator="RFC5646", meaning="English (United States)")
 CT_CHEST = Code("24627-2", "LN", "CT Chest")

@@ -1,7 +1,9 @@
 """What every report object says about its making: outcome, algorithm, device, statements.
 
-Shared by the SR (:mod:`pacs_node.report.sr`) and the key images
-(:mod:`pacs_node.report.keyimages`).
+Shared by every report object: the SR (:mod:`pacs_node.report.sr`), the key images
+(:mod:`pacs_node.report.keyimages`), the Key Object Selection (:mod:`pacs_node.report.kos`),
+the presentation state (:mod:`pacs_node.report.gsps`) and the segmentation
+(:mod:`pacs_node.report.seg`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,12 @@ from __future__ import annotations
 import enum
 import uuid
 from dataclasses import dataclass
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from pacs_node.imaging.findings import Finding
 
 # -- statements ------------------------------------------------------------------------
 
@@ -132,6 +140,20 @@ class DeviceInfo:
         return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
 
 
+def device_observer(device: DeviceInfo) -> hd.sr.ObserverContext:
+    """Observer context (TID 1002/1004) of our device, as the SR and the KOS name it."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device.uid,
+            name=f"{device.model_name} {device.software_version}"[:64],
+            manufacturer_name=device.manufacturer,
+            model_name=device.model_name,
+            serial_number=device.device_serial,
+        ),
+    )
+
+
 def ai_statement(algorithm: AlgorithmInfo, device: DeviceInfo) -> str:
     """The sentence every object carries: it is AI output, by what, unverified."""
     return (
@@ -145,3 +167,28 @@ def series_description(kind: str, algorithm: AlgorithmInfo) -> str:
     """A series description (<= 64 characters) that says AI and, if so, not for diagnosis."""
     suffix = " (not for diagnostic use)" if algorithm.synthetic_data else " (unverified)"
     return f"AI {kind}{suffix}"[:64]
+
+
+def short_ai_statement(algorithm: AlgorithmInfo) -> str:
+    """The AI statement in a few words, for labels drawn next to a finding."""
+    if algorithm.synthetic_data:
+        return "AI-generated, not for diagnostic use"
+    return "AI-generated, not reviewed by a physician"
+
+
+def nodule_label(index: int, finding: Finding) -> str:
+    """One line naming a nodule as every object does: number, size, type, Lung-RADS category."""
+    size = f"{finding.diameter_mm:.1f} mm {finding.nodule_type.value}"
+    return f"Nodule {index}: {size}, Lung-RADS {finding.lung_rads.value}"
+
+
+def copy_body_part(target: Dataset, reference: Dataset) -> None:
+    """Body Part Examined from the CT, or else Laterality present and empty (unknown).
+
+    General Series needs Laterality (type 2C) unless Body Part Examined names an
+    unpaired part; the chest is one, so copying the CT's value settles it.
+    """
+    if reference.get("BodyPartExamined"):
+        target.BodyPartExamined = reference.BodyPartExamined
+    else:
+        target.add_new("Laterality", "CS", None)

@@ -2,8 +2,8 @@
 
 Image coordinates are (column, row) in pixels, with (0, 0) at the top-left corner of
 the top-left pixel (so a pixel's centre is at +0.5), as SCOORD uses them.  Mapping
-goes through :mod:`highdicom.spatial`.  Shared by the SR (:mod:`pacs_node.report.sr`)
-and the key images (:mod:`pacs_node.report.keyimages`).
+goes through :mod:`highdicom.spatial`.  Shared by every report object that places a
+finding on the CT: SR, key images, KOS, presentation state and segmentation.
 """
 
 from __future__ import annotations
@@ -119,3 +119,14 @@ def locate(source: Sequence[Dataset], point_lps_mm: Sequence[float]) -> SlicePos
 def circle_radius_px(image: Dataset, radius_mm: float) -> float:
     """A radius in mm as pixels along the image rows (Pixel Spacing's column spacing)."""
     return radius_mm / float(image.PixelSpacing[1])
+
+
+def ring_radius_px(image: Dataset, long_axis_mm: float) -> float:
+    """Radius of a ring drawn around a nodule: half its long axis plus a margin, pixels.
+
+    The margin (4 pixels on a 512-pixel image, proportionally more on larger ones,
+    at least 3) keeps the ring off the nodule's edge.  The key images and the
+    presentation state draw the same ring.
+    """
+    scale = max(int(image.Columns), int(image.Rows)) / 512
+    return circle_radius_px(image, long_axis_mm / 2) + max(3.0, 4 * scale)

@@ -40,9 +40,11 @@ from pacs_node.report.context import (
     DeviceInfo,
     ReportOutcome,
     ai_statement,
+    copy_body_part,
+    nodule_label,
     series_description,
 )
-from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
+from pacs_node.report.geometry import SlicePosition, locate, ring_radius_px
 
 #: Lung window, HU.
 LUNG_WINDOW_WIDTH = 1500.0
@@ -142,12 +144,6 @@ def _text_block(
     return height
 
 
-def _label(index: int, finding: Finding) -> str:
-    return (
-        f"Nodule {index}: {finding.diameter_mm:.1f} mm {finding.nodule_type.value}, Lung-RADS {finding.lung_rads.value}"
-    )
-
-
 def _disclaimer_lines(algorithm: AlgorithmInfo) -> list[tuple[str, tuple[int, int, int]]]:
     lines = [(f"AI-generated ({algorithm.name} {algorithm.version}), not reviewed by a physician", TEXT)]
     if algorithm.synthetic_data:
@@ -181,13 +177,13 @@ def render_nodule(position: SlicePosition, finding: Finding, index: int, algorit
     draw = ImageDraw.Draw(picture)
     scale = max(columns, rows) / 512
     margin = max(2, round(6 * scale))
-    header = [(f"{_label(index, finding)} (AI score {finding.score:.2f})", RING)]
+    header = [(f"{nodule_label(index, finding)} (AI score {finding.score:.2f})", RING)]
     footer = _disclaimer_lines(algorithm)
     # One line per statement, in a font that fits the width; on images too small for
     # that (under about 300 pixels) lines are cut rather than wrapped over the anatomy.
     font, size = _fit_font([*header, *footer], columns - 2 * margin, max(8, round(15 * scale)))
     line_height = round(size * 1.3)
-    radius = circle_radius_px(position.image, finding.long_axis_mm / 2) + max(3.0, 4 * scale)
+    radius = ring_radius_px(position.image, finding.long_axis_mm)
     # Image coordinates have (0, 0) at the top-left pixel's corner; PIL's at its centre.
     cx, cy = position.column - 0.5, position.row - 0.5
     draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=RING, width=max(1, round(2 * scale)))
@@ -237,7 +233,7 @@ def render_overview(
             where = f", {finding.lobe}" if finding.lobe else ""
             lines.append(
                 (
-                    f"{_label(index, finding)}{where}; long/short axis {finding.long_axis_mm:.1f}/"
+                    f"{nodule_label(index, finding)}{where}; long/short axis {finding.long_axis_mm:.1f}/"
                     f"{finding.short_axis_mm:.1f} mm, volume {finding.volume_mm3:.0f} mm3, "
                     f"image {position.image.get('InstanceNumber', '?')}, AI score {finding.score:.2f}",
                     RING,
@@ -321,10 +317,7 @@ def _finish(
     Body Part Examined comes from the CT (``reference``); without it, Laterality
     (type 2C) is present and empty, meaning unknown.
     """
-    if reference.get("BodyPartExamined"):
-        image.BodyPartExamined = reference.BodyPartExamined
-    else:
-        image.add_new("Laterality", "CS", None)
+    copy_body_part(image, reference)
     image.BurnedInAnnotation = "YES"
     image.RecognizableVisualFeatures = "NO"
     image.LossyImageCompression = "00"

@@ -86,6 +86,7 @@ from pacs_node.report.context import (
     DeviceInfo,
     ReportOutcome,
     ai_statement,
+    device_observer,
     series_description,
 )
 from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
@@ -230,16 +231,7 @@ def _measurement_report(
     last is always there.
     """
     contains = hd.sr.RelationshipTypeValues.CONTAINS
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=device.uid,
-            name=f"{device.model_name} {device.software_version}"[:64],
-            manufacturer_name=device.manufacturer,
-            model_name=device.model_name,
-            serial_number=device.device_serial,
-        ),
-    )
+    observer = device_observer(device)
     algorithm_id = hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version)
     root = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
     content = hd.sr.ContentSequence()

@@ -120,3 +120,62 @@ def test_compressed_series_are_analysed_like_uncompressed(study, tmp_path: Path,
     _receive(compressed, settings.storage.spool_dir, engine)
     outcome = Analysis(settings, TruthDetector(phantom.nodules))(engine, _job(engine))
     assert outcome.result["analysis_performed"] is True and outcome.result["findings"] == 2
+
+
+EVERY_OBJECT = {"name": "viewer", "ae_title": "VIEW", "host": "127.0.0.1", "port": 104,
+                "objects": ["sr", "key_image", "kos", "gsps", "seg"]}
+
+
+def _wanting_every_object(settings: Settings) -> Settings:
+    return Settings.model_validate({"storage": {"spool_dir": str(settings.storage.spool_dir),
+                                                "database_url": settings.storage.database_url},
+                                    "destinations": [EVERY_OBJECT]})
+
+
+def test_destinations_that_want_them_get_kos_gsps_and_seg(study) -> None:  # noqa: ANN001
+    phantom, series_dir, settings, engine = study
+    settings = _wanting_every_object(settings)
+    _receive(series_dir, settings.storage.spool_dir, engine)
+    outcome = Analysis(settings, TruthDetector(phantom.nodules))(engine, _job(engine))
+    kinds = [kind for kind, *_ in outcome.objects]
+    assert kinds == [ObjectKind.SR, *[ObjectKind.KEY_IMAGE] * 3, ObjectKind.KOS, ObjectKind.GSPS, ObjectKind.SEG]
+    read = {kind: pydicom.dcmread(settings.storage.spool_dir / path) for kind, _, _, path in outcome.objects}
+    assert {ds.Modality for ds in read.values()} == {"SR", "OT", "KO", "PR", "SEG"}
+    assert {ds.StudyInstanceUID for ds in read.values()} == {phantom.study_uid}
+    assert len({ds.SeriesInstanceUID for ds in read.values()}) == 5, "each kind in its own series"
+    assert [int(read[k].SeriesNumber) for k in (ObjectKind.KOS, ObjectKind.GSPS, ObjectKind.SEG)] == [9903, 9904, 9905]
+    key_images = {uid for kind, _, uid, _ in outcome.objects if kind == ObjectKind.KEY_IMAGE}
+    flagged = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+               for i in read[ObjectKind.KOS].ContentSequence if i.ValueType == "IMAGE"}
+    assert key_images < flagged
+    tracking = sorted(f["tracking_uid"] for f in read_findings(read[ObjectKind.SR]))
+    assert sorted(s.TrackingUID for s in read[ObjectKind.SEG].SegmentSequence) == tracking
+    assert sorted(g.GraphicObjectSequence[0].TrackingUID
+                  for g in read[ObjectKind.GSPS].GraphicAnnotationSequence) == tracking
+
+
+def test_a_study_without_findings_gets_no_kos_gsps_or_seg(study) -> None:  # noqa: ANN001
+    _, series_dir, settings, engine = study
+    settings = _wanting_every_object(settings)
+    _receive(series_dir, settings.storage.spool_dir, engine)
+    outcome = Analysis(settings, TruthDetector([]))(engine, _job(engine))
+    assert outcome.result["analysis_performed"] is True and outcome.result["findings"] == 0
+    assert [kind for kind, *_ in outcome.objects] == [ObjectKind.SR, ObjectKind.KEY_IMAGE]
+
+
+def test_an_extra_object_that_fails_is_left_out_with_a_warning(  # noqa: ANN001
+    study, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pacs_node.analyze import pipeline
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise ValueError("odd geometry")
+
+    monkeypatch.setattr(pipeline, "build_seg", broken)
+    phantom, series_dir, settings, engine = study
+    settings = _wanting_every_object(settings)
+    _receive(series_dir, settings.storage.spool_dir, engine)
+    outcome = Analysis(settings, TruthDetector(phantom.nodules))(engine, _job(engine))
+    assert ObjectKind.SEG not in [kind for kind, *_ in outcome.objects]
+    assert [kind for kind, *_ in outcome.objects][-2:] == [ObjectKind.KOS, ObjectKind.GSPS]
+    assert "event=object_skipped kind=seg error=ValueError" in caplog.text
