@@ -81,7 +81,9 @@ def status(
 
 @app.command()
 def echo(
-    target: Annotated[str, typer.Argument(help="AE@HOST:PORT of the node to verify.")],
+    target: Annotated[str | None, typer.Argument(help="AE@HOST:PORT of a DICOM node, or the base URL of a DICOMweb service.")] = None,
+    destination: Annotated[str | None, typer.Option("--destination", "-d", help="Check this [[destinations]] entry of --config instead (its TLS and credentials).")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
     calling_ae: Annotated[str, typer.Option("--calling-ae", help="Our AE title.")] = "PACS_NODE",
     timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 10.0,
     tls_ca: Annotated[Path | None, typer.Option("--tls-ca", help="DICOM TLS: CA certificate(s) to verify the node with (PEM).")] = None,
@@ -89,26 +91,50 @@ def echo(
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="DICOM TLS: the key of --tls-cert (PEM, unencrypted).")] = None,
     tls_server_name: Annotated[str | None, typer.Option("--tls-server-name", help="DICOM TLS: name the node's certificate must carry (default: HOST).")] = None,
 ) -> None:
-    """C-ECHO a DICOM node and print the outcome; any --tls-* option makes it DICOM TLS."""
+    """C-ECHO a DICOM node, or QIDO-RS a DICOMweb service (GET {url}/studies?limit=1), and print the outcome.
+
+    Any --tls-* option makes a C-ECHO DICOM TLS; for an https:// URL they set how the server is verified.
+    """
     from pydantic import ValidationError
 
-    from pacs_node.config import DestinationTLS
+    from pacs_node.config import Destination, DestinationTLS
+    from pacs_node.send.dicomweb import dicomweb_echo
     from pacs_node.send.echo import EchoError, c_echo, parse_target
 
+    if (target is None) == (destination is None):
+        typer.echo("give either AE@HOST:PORT / a DICOMweb URL, or --destination NAME", err=True)
+        raise typer.Exit(2)
+    label = f"C-ECHO {target}"
     try:
-        ae_title, host, port = parse_target(target)
-        tls = None
-        if tls_ca or tls_cert or tls_key or tls_server_name:
-            tls = DestinationTLS(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, server_hostname=tls_server_name)
-        seconds = c_echo(ae_title, host, port, calling_ae=calling_ae, timeout_s=timeout, tls=tls)
+        if destination is not None:
+            chosen = next((d for d in _settings(config).destinations if d.name == destination), None)
+            if chosen is None:
+                typer.echo(f"{config}: no [[destinations]] entry named {destination!r}", err=True)
+                raise typer.Exit(2)
+        else:
+            tls = None
+            if tls_ca or tls_cert or tls_key or tls_server_name:
+                tls = DestinationTLS(ca_file=tls_ca, cert_file=tls_cert, key_file=tls_key, server_hostname=tls_server_name)
+            if target.startswith(("http://", "https://")):
+                chosen = Destination(name="echo", protocol="dicomweb", url=target, tls=tls)
+            else:
+                ae_title, host, port = parse_target(target)
+                chosen = Destination(name="echo", ae_title=ae_title, host=host, port=port, tls=tls)
+        if chosen.protocol == "dicomweb":
+            label = f"QIDO-RS {chosen.url}"
+            seconds = dicomweb_echo(chosen, chosen.timeout_s or timeout)
+        else:
+            label = f"C-ECHO {chosen.ae_title}@{chosen.host}:{chosen.port}"
+            seconds = c_echo(chosen.ae_title, chosen.host, chosen.port, calling_ae=calling_ae,  # type: ignore[arg-type]
+                             timeout_s=chosen.timeout_s or timeout, tls=chosen.tls)
     except ValidationError as exc:
         reasons = "; ".join(str(error["msg"]).removeprefix("Value error, ") for error in exc.errors())
-        typer.echo(f"C-ECHO {target}: failed: {reasons}", err=True)
+        typer.echo(f"{label}: failed: {reasons}", err=True)
         raise typer.Exit(2) from exc
     except (ValueError, EchoError) as exc:
-        typer.echo(f"C-ECHO {target}: failed: {exc}", err=True)
+        typer.echo(f"{label}: failed: {exc}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(f"C-ECHO {target}: success in {seconds * 1000:.0f} ms")
+    typer.echo(f"{label}: success in {seconds * 1000:.0f} ms")
 
 
 @app.command()

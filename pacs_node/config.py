@@ -12,8 +12,11 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pacs_node.credentials import DestinationAuth
 
 #: Environment variables that override the file, for containers and tests.
 ENV_DATABASE_URL = "PACS_NODE_DATABASE_URL"
@@ -156,21 +159,74 @@ class WorkerConfig(_Section):
 ObjectName = Literal["sr", "key_image", "kos", "gsps", "seg"]
 
 
+_DIMSE_KEYS = ("ae_title", "host", "port")
+_DICOMWEB_KEYS = ("url", "auth")
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host, e.g. https://pacs.example.org/dicom-web")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials; put them in the destination's auth table")
+    if parts.query or parts.fragment:
+        raise ValueError("must be the service's base URL, without ?query or #fragment")
+    return value.rstrip("/")
+
+
 class Destination(_Section):
-    """A DICOM node that receives our reports, and which of them (its output profile)."""
+    """A node that receives our reports (over DIMSE C-STORE, or DICOMweb STOW-RS) and which of them."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    ae_title: AETitle
-    host: str = Field(min_length=1)
-    port: Port
+    #: "dimse": C-STORE to ae_title@host:port; "dicomweb": STOW-RS to url.
+    protocol: Literal["dimse", "dicomweb"] = "dimse"
+    ae_title: AETitle | None = None
+    host: str | None = Field(default=None, min_length=1)
+    port: Port | None = None
+    #: DICOMweb: the service's base URL (STOW-RS posts to ``{url}/studies``).
+    url: str | None = None
+    #: DICOMweb: a bearer token, or basic user name and password.
+    auth: DestinationAuth | None = None
     #: "sr": the TID 1500 structured report; "key_image": the Secondary Capture key images;
     #: "kos": the Key Object Selection flagging them (needs "key_image"); "gsps": the
     #: presentation state marking the nodules on the CT; "seg": the nodule segmentation.
     #: The default is what every PACS stores.
     objects: list[ObjectName] = Field(default_factory=lambda: ["sr", "key_image"], min_length=1)
+    #: DICOM TLS (dimse), or the HTTPS settings of an https:// url (dicomweb).
     tls: DestinationTLS | None = None
+    #: Seconds for connecting and for each network step (default: [sending] timeout_s).
+    timeout_s: float | None = Field(default=None, gt=0)
 
-    _ae = field_validator("ae_title")(_check_ae_title)
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @model_validator(mode="after")
+    def _keys_fit_protocol(self) -> Destination:
+        if self.protocol == "dimse":
+            missing = [key for key in _DIMSE_KEYS if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f'protocol = "dimse" needs ae_title, host and port (missing: {", ".join(missing)})')
+            stray = [key for key in _DICOMWEB_KEYS if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(f'{" and ".join(stray)}: only for protocol = "dicomweb" (this destination is DIMSE)')
+            return self
+        if self.url is None:
+            raise ValueError('protocol = "dicomweb" needs url: the base URL of the DICOMweb service, '
+                             "e.g. https://pacs.example.org/dicom-web")
+        stray = [key for key in _DIMSE_KEYS if getattr(self, key) is not None]
+        if stray:
+            raise ValueError(f'{", ".join(stray)}: not used with protocol = "dicomweb" (the service is reached at its url); '
+                             "remove them")
+        if self.tls is not None and not self.url.startswith("https://"):
+            raise ValueError("tls: only for an https:// url")
+        return self
 
     @field_validator("objects")
     @classmethod
@@ -192,7 +248,7 @@ class SendingConfig(_Section):
     max_retry_s: float = Field(default=1800.0, gt=0)
     #: Each delay is varied by up to this fraction, so retries of many deliveries spread out.
     jitter: float = Field(default=0.2, ge=0, le=1)
-    #: Consecutive transient failures that pause a destination; it is then probed with C-ECHO.
+    #: Consecutive transient failures that pause a destination; it is then probed (C-ECHO, or QIDO-RS for DICOMweb).
     breaker_failures: int = Field(default=5, ge=1)
     probe_interval_s: float = Field(default=60.0, gt=0)
     timeout_s: float = Field(default=30.0, gt=0)
@@ -270,25 +326,37 @@ def _format_errors(path: Path, error: ValidationError) -> str:
             lines.append(f"  {key}: unknown key")
         else:
             shown = item.get("input")
-            value = "" if isinstance(shown, dict) else f" (got {shown!r})"
+            if isinstance(shown, str):
+                shown = redacted_database_url(shown)  # a URL's password is never echoed
+            secret = str(item["loc"][-1]) in ("token", "password") if item["loc"] else False
+            value = "" if isinstance(shown, dict) or secret else f" (got {shown!r})"
             lines.append(f"  {key}: {item['msg']}{value}")
     return "\n".join(lines)
 
 
-def _resolve_tls_files(table: object, base: Path) -> object:
-    if not isinstance(table, dict) or not isinstance(table.get("tls"), dict):
+def _resolve_files(table: object, base: Path, sub: str, keys: tuple[str, ...]) -> object:
+    """``table[sub]`` with its file keys resolved against ``base``."""
+    if not isinstance(table, dict) or not isinstance(table.get(sub), dict):
         return table
-    tls = {
-        key: str((base / value).resolve()) if key in ("cert_file", "key_file", "ca_file") and isinstance(value, str) else value
-        for key, value in table["tls"].items()
+    resolved = {
+        key: str((base / value).resolve()) if key in keys and isinstance(value, str) else value
+        for key, value in table[sub].items()
     }
-    return {**table, "tls": tls}
+    return {**table, sub: resolved}
+
+
+def _resolve_tls_files(table: object, base: Path) -> object:
+    return _resolve_files(table, base, "tls", ("cert_file", "key_file", "ca_file"))
+
+
+def _resolve_destination_files(table: object, base: Path) -> object:
+    return _resolve_files(_resolve_tls_files(table, base), base, "auth", ("token_file", "password_file"))
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
     raw = {**raw, "node": _resolve_tls_files(raw.get("node", {}), base)}
     if isinstance(raw.get("destinations"), list):
-        raw["destinations"] = [_resolve_tls_files(item, base) for item in raw["destinations"]]
+        raw["destinations"] = [_resolve_destination_files(item, base) for item in raw["destinations"]]
     analysis = dict(raw.get("analysis", {}))
     models = Path(analysis.get("models_dir", str(AnalysisConfig().models_dir)))
     analysis["models_dir"] = str(models if models.is_absolute() else (base / models).resolve())
@@ -343,7 +411,7 @@ def load_settings(path: Path, environ: dict[str, str] | None = None) -> Settings
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     raw = _resolve_paths(_apply_environment(raw, environ), path.parent.resolve())
     try:
-        return Settings.model_validate(raw)
+        return Settings.model_validate(raw, context={"environ": environ})
     except ValidationError as exc:
         raise ConfigError(_format_errors(path, exc)) from exc
 

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 
-_NOISY = ("pynetdicom", "apscheduler", "alembic", "sqlalchemy.engine", "highdicom", "pydicom")
+_NOISY = ("pynetdicom", "apscheduler", "alembic", "sqlalchemy.engine", "highdicom", "pydicom", "httpx", "httpcore")
 #: Loggers whose warnings are routine here: the scheduler warns on every tick skipped
 #: because the previous run (a long analysis) is still going.
 _ROUTINE_WARNINGS = ("apscheduler.scheduler",)

@@ -119,7 +119,7 @@ def _delivery_lines(engine: Engine, limit: int) -> list[str]:
     lines = []
     for destination in paused:
         lines.append(f"destination {destination.name} PAUSED since {destination.open_since:%Y-%m-%d %H:%M:%S}: "
-                     f"{(destination.last_error or '')[:80]} (probed with C-ECHO until it answers)")
+                     f"{(destination.last_error or '')[:80]} (probed with C-ECHO, or QIDO-RS for DICOMweb, until it answers)")
     if troubled:
         lines += ["", "deliveries failed or retrying:",
                   f"{'delivery':>8}  {'study':>6}  {'destination':<16} {'state':<8} {'tries':>5}  reason"]

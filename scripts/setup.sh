@@ -10,6 +10,8 @@ need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
+# Orthanc's DICOMweb plugin: the STOW-RS destination's tests store through it
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt"

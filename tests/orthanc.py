@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import time
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ORTHANC = "/usr/sbin/Orthanc"
+#: Where Debian's orthanc-dicomweb package puts the plugin.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @dataclass
@@ -23,6 +26,10 @@ class Orthanc:
     #: DICOM TLS on ``dicom_port``: (certificate, private key, CA certificates that sign the
     #: callers' certificates); callers must present a certificate.
     tls: tuple[Path, Path, Path] | None = None
+    #: Load the DICOMweb plugin: QIDO-RS, STOW-RS and WADO-RS under ``/dicom-web/``.
+    dicomweb: bool = False
+    #: HTTP basic-auth users (name → password); when set, every HTTP request needs one.
+    users: dict[str, str] | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 30) -> None:
@@ -36,7 +43,8 @@ class Orthanc:
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": self.users is not None,
+            "RegisteredUsers": self.users or {},
             "Plugins": [],
             "StableAge": 1,
             "ConcurrentJobs": 1,
@@ -50,6 +58,10 @@ class Orthanc:
                 "DicomTlsTrustedCertificates": str(trusted),
                 "DicomTlsRemoteCertificateRequired": True,
             }
+        if self.dicomweb:
+            if not DICOMWEB_PLUGIN.is_file():
+                raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing; `make test` installs orthanc-dicomweb (apt, as root)")
+            config |= {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))
@@ -71,12 +83,24 @@ class Orthanc:
             self.process.terminate()
             self.process.wait(timeout=30)
 
+    @property
+    def url(self) -> str:
+        """Base URL of its REST API (``/dicom-web`` below it with :attr:`dicomweb`)."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def _open(self, path: str, timeout: float):  # noqa: ANN202 - an HTTP response
+        request = urllib.request.Request(f"{self.url}{path}")
+        if self.users:
+            name, password = next(iter(self.users.items()))
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode())
+        return urllib.request.urlopen(request, timeout=timeout)
+
     def get(self, path: str):  # noqa: ANN201 - JSON value
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as response:
+        with self._open(path, 5) as response:
             return json.loads(response.read())
 
     def get_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+        with self._open(path, 10) as response:
             return response.read()
 
     def instances(self) -> list[dict]:

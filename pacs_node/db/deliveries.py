@@ -2,7 +2,7 @@
 
 Like jobs, every transition is a guarded UPDATE so several processes can dispatch from
 one database.  The circuit breaker of each destination is a row too: while it is open,
-that destination's deliveries wait and only C-ECHO probes run.
+that destination's deliveries wait and only probes run (C-ECHO, or QIDO-RS for DICOMweb).
 """
 
 from __future__ import annotations
@@ -167,11 +167,12 @@ def record_outcome(
     failure: FailureKind | None,
     reason: str,
     sending: SendingConfig,
+    probe: str = "C-ECHO",
 ) -> DeliveryState:
     """Move a claimed delivery to sent, back to pending with a later attempt, or failed.
 
     Also keeps the destination's breaker: a success closes it, a transient failure
-    counts towards opening it.
+    counts towards opening it (``probe``: what it is then probed with, for the log).
     """
     now = utcnow()
     if failure is None:
@@ -192,12 +193,12 @@ def record_outcome(
             .where(Delivery.id == delivery.id, Delivery.claimed_by == worker)
             .values(state=state, claimed_by=None, lease_expires_at=None, **values)
         )
-        _update_health(connection, delivery.destination, failure, reason, sending, now)
+        _update_health(connection, delivery.destination, failure, reason, sending, now, probe)
     return state
 
 
 def _update_health(connection: Connection, name: str, failure: FailureKind | None, reason: str,  # noqa: ANN001
-                   sending: SendingConfig, now: dt.datetime) -> None:
+                   sending: SendingConfig, now: dt.datetime, probe: str = "C-ECHO") -> None:
     health = connection.execute(select(DestinationHealth).where(DestinationHealth.name == name)).first()
     if health is None:
         connection.execute(insert(DestinationHealth).values(name=name, consecutive_failures=0))
@@ -217,8 +218,8 @@ def _update_health(connection: Connection, name: str, failure: FailureKind | Non
     failures += 1
     opening = failures >= sending.breaker_failures
     if opening and (health is None or health.open_since is None):
-        log.warning("event=destination_paused destination=%s failures=%d reason=%r probe=C-ECHO probe_interval_s=%g",
-                    name, failures, reason, sending.probe_interval_s)
+        log.warning("event=destination_paused destination=%s failures=%d reason=%r probe=%s probe_interval_s=%g",
+                    name, failures, reason, probe, sending.probe_interval_s)
     connection.execute(
         update(DestinationHealth)
         .where(DestinationHealth.name == name)
@@ -243,12 +244,12 @@ def destinations_to_probe(engine: Engine) -> list[str]:
         )
 
 
-def record_probe(engine: Engine, name: str, answered: bool, sending: SendingConfig) -> None:
-    """Close the breaker when the probe answered (waiting deliveries go at once), else probe later."""
+def record_probe(engine: Engine, name: str, answered: bool, sending: SendingConfig, probe: str = "C-ECHO") -> None:
+    """Close the breaker when the ``probe`` answered (waiting deliveries go at once), else probe later."""
     now = utcnow()
     with engine.begin() as connection:
         if answered:
-            log.info("event=destination_resumed destination=%s reason=C-ECHO probe answered", name)
+            log.info("event=destination_resumed destination=%s reason=%s probe answered", name, probe)
             connection.execute(
                 update(DestinationHealth)
                 .where(DestinationHealth.name == name)

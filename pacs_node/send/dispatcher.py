@@ -12,11 +12,13 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from pacs_node.config import Settings
+from pacs_node.config import Destination, Settings
 from pacs_node.db import deliveries
 from pacs_node.db.models import FailureKind
+from pacs_node.send.dicomweb import dicomweb_answers
 from pacs_node.send.echo import EchoError, c_echo
 from pacs_node.send.scu import SendOutcome, send_files
+from pacs_node.send.stow import send_stow
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ class Dispatcher:
         return claimed.id
 
     def _record(self, claimed: deliveries.ClaimedDelivery, outcome: SendOutcome) -> None:
+        destination = self.destinations.get(claimed.destination)
         state = deliveries.record_outcome(
-            self.engine, claimed, self.worker, outcome.failure, outcome.reason, self.settings.sending
+            self.engine, claimed, self.worker, outcome.failure, outcome.reason, self.settings.sending,
+            probe=_probe_name(destination),
         )
         self._unrecorded = None
         level = logging.INFO if outcome.failure is None else logging.WARNING
@@ -72,24 +76,38 @@ class Dispatcher:
         missing = [path.name for path in paths if not path.exists()]
         if missing:
             return SendOutcome(0, FailureKind.PERMANENT, f"report files missing from the spool: {', '.join(missing)}")
+        timeout_s = destination.timeout_s or self.settings.sending.timeout_s
         try:
-            return send_files(destination, paths, self.settings.node.ae_title, self.settings.sending.timeout_s)
+            if destination.protocol == "dicomweb":
+                return send_stow(destination, paths, timeout_s)
+            return send_files(destination, paths, self.settings.node.ae_title, timeout_s)
         except (OSError, ValueError, RuntimeError) as exc:
             return SendOutcome(0, FailureKind.TRANSIENT, f"{type(exc).__name__}: {exc}")
 
     def probe(self) -> None:
-        """C-ECHO each paused destination whose probe is due; reopen those that answer."""
+        """Probe each paused destination whose probe is due (C-ECHO, or QIDO-RS for DICOMweb); reopen those that answer."""
         for name in deliveries.destinations_to_probe(self.engine):
             destination = self.destinations.get(name)
             if destination is None:
                 continue
-            try:
-                c_echo(destination.ae_title, destination.host, destination.port,
-                       calling_ae=self.settings.node.ae_title, timeout_s=self.settings.sending.timeout_s,
-                       tls=destination.tls)
-                answered = True
-            except EchoError:
-                answered = False
-            deliveries.record_probe(self.engine, name, answered, self.settings.sending)
+            answered = self._answers(destination)
+            deliveries.record_probe(self.engine, name, answered, self.settings.sending, probe=_probe_name(destination))
             log.log(logging.INFO if answered else logging.WARNING,
                     "event=destination_probe destination=%s answered=%s", name, answered)
+
+    def _answers(self, destination: Destination) -> bool:
+        timeout_s = destination.timeout_s or self.settings.sending.timeout_s
+        if destination.protocol == "dicomweb":
+            return dicomweb_answers(destination, timeout_s)
+        assert destination.ae_title and destination.host and destination.port  # validated for "dimse"
+        try:
+            c_echo(destination.ae_title, destination.host, destination.port,
+                   calling_ae=self.settings.node.ae_title, timeout_s=timeout_s, tls=destination.tls)
+            return True
+        except EchoError:
+            return False
+
+
+def _probe_name(destination: Destination | None) -> str:
+    """What a paused destination is probed with, for the log."""
+    return "QIDO-RS" if destination is not None and destination.protocol == "dicomweb" else "C-ECHO"

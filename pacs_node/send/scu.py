@@ -51,6 +51,7 @@ def classify_status(status: int) -> FailureKind | None:
 def send_files(destination: Destination, paths: Sequence[Path], calling_ae: str, timeout_s: float) -> SendOutcome:
     """Send ``paths`` over one association (DICOM TLS when the destination has ``tls``); stops at
     the first failure."""
+    assert destination.ae_title and destination.host and destination.port, "a DIMSE destination"
     datasets = [dcmread(path) for path in paths]
     tls_args = client_tls_args(destination.tls, destination.host)
     ae = AE(ae_title=calling_ae)
