@@ -71,7 +71,7 @@ class BenchmarkError(RuntimeError):
 
 
 def bundled_model(models_dir: Path) -> Path:
-    """The one model folder under ``models/`` (a folder holding files).
+    """The model folder under ``models/``: the only one, or the node's default among several.
 
     Raises
     ------
@@ -85,6 +85,12 @@ def bundled_model(models_dir: Path) -> Path:
             "or pass --model-dir; this benchmark does not time a stand-in for our detector"
         )
     if len(found) > 1:
+        from pacs_node.config import AnalysisConfig
+
+        default = AnalysisConfig().model  # the node's default model, when it is among them
+        chosen = [p for p in found if p.name == default]
+        if chosen:
+            return chosen[0]
         names = ", ".join(p.name for p in found)
         raise BenchmarkError(f"several models under {models_dir} ({names}): pass --model-dir")
     return found[0]

@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quiet-period", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=4242)
-    parser.add_argument("--model", default="lung-nodule-synthetic-v1")
+    parser.add_argument("--model", default="lung-nodule-synthetic-v3")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="pacs-node-e2e-") as tmp:
         work = Path(tmp)

@@ -260,7 +260,7 @@ class AnalysisConfig(_Section):
 
     #: False: jobs only record the series they would analyse (receive-and-queue node).
     enabled: bool = True
-    model: str = Field(default="lung-nodule-synthetic-v1", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    model: str = Field(default="lung-nodule-synthetic-v3", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     models_dir: Path = Path("../models")
     #: "best": the thinnest eligible series; "all": every eligible series.
     series: Literal["best", "all"] = "best"
