@@ -116,7 +116,9 @@ def test_permanent_refusal_stops_at_once_and_resend_redelivers_the_same_objects(
                                                                                 tmp_path: Path) -> None:
     wrong = _destination(orthanc, name="wrong-ae", ae_title="NOT_ORTHANC")
     right = _destination(orthanc)
-    node = node_factory(destinations=[wrong, right], sending=FAST_RETRIES)
+    # a generous time-out: on a loaded machine a 5 s association attempt can time out
+    # (transient, retried) before the rejection this test is about arrives
+    node = node_factory(destinations=[wrong, right], sending={**FAST_RETRIES, "timeout_s": 30})
     report = _report_for_received_study(node, tmp_path)
     engine = _engine(node)
     queue_deliveries(engine, report["job"], load_settings(node.config).destinations)
