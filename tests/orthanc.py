@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ORTHANC = "/usr/sbin/Orthanc"
+#: The DICOMweb plugin of Debian's orthanc-dicomweb package.
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @dataclass
@@ -23,6 +25,8 @@ class Orthanc:
     #: DICOM TLS on ``dicom_port``: (certificate, private key, CA certificates that sign the
     #: callers' certificates); callers must present a certificate.
     tls: tuple[Path, Path, Path] | None = None
+    #: Serve DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under ``/dicom-web/`` with the plugin.
+    dicomweb: bool = False
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 30) -> None:
@@ -37,10 +41,14 @@ class Orthanc:
             "DicomAlwaysAllowStore": True,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
             "StableAge": 1,
             "ConcurrentJobs": 1,
         }
+        if self.dicomweb:
+            # Full metadata in one request per series, as viewers ask for it.
+            config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
+                                  "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
         if self.tls is not None:
             certificate, key, trusted = self.tls
             config |= {
