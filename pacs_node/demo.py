@@ -124,7 +124,7 @@ def format_result(result: DemoResult) -> str:
     for finding in result.findings:
         x, y, z = finding["center_lps_mm"]
         lines.append(
-            f"  {finding['tracking_id']}: {finding['diameter_mm']:.1f} mm {finding['nodule_type']}, "
+            f"  {finding['name']}: {finding['diameter_mm']:.1f} mm {finding['nodule_type']}, "
             f"Lung-RADS {finding['lung_rads']}, score {finding['score']:.2f}, at ({x:.0f}, {y:.0f}, {z:.0f}) mm LPS"
         )
     lines += ["", "planted (truth):"]

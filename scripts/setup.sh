@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up on a fresh machine: system tools (when root), a virtual
-# environment with pinned CPU torch, and pacs-node installed in it.
+# environment with pinned CPU torch, pacs-node installed in it, and the OHIF Viewer
+# the viewer test opens the node's results in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -10,8 +11,11 @@ need_apt=()
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)
 [ -x /usr/bin/dciodvfy ] || need_apt+=(dicom3tools)
 [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
-# Orthanc's DICOMweb plugin: the STOW-RS destination's tests store through it
+# Orthanc's DICOMweb plugin (STOW-RS destination tests, the viewer test's data source),
+# Chromium and npm for the OHIF viewer test
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/npm ] || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt"
@@ -46,3 +50,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     "$VENV/bin/python" -c "import torch, pynetdicom, highdicom, pacs_node" 
     touch "$stamp"
 fi
+
+# The OHIF Viewer for tests/viewer (pinned, cached in var/cache/ohif/); without npm or
+# its registry the viewer test is skipped and says why.
+scripts/fetch_ohif.sh >/dev/null || echo "setup: could not fetch OHIF with npm; the viewer test will be skipped" >&2

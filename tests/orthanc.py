@@ -61,7 +61,10 @@ class Orthanc:
         if self.dicomweb:
             if not DICOMWEB_PLUGIN.is_file():
                 raise RuntimeError(f"{DICOMWEB_PLUGIN} is missing; `make test` installs orthanc-dicomweb (apt, as root)")
-            config |= {"Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+            # full metadata in one request per series, as viewers ask for it
+            config |= {"Plugins": [str(DICOMWEB_PLUGIN)],
+                       "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
+                                    "StudiesMetadata": "Full", "SeriesMetadata": "Full"}}
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / "orthanc.json"
         path.write_text(json.dumps(config))

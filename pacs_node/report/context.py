@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from pacs_node.imaging.findings import Finding
+from pacs_node.imaging.findings import Finding, study_category
 
 # -- statements ------------------------------------------------------------------------
 
@@ -26,6 +27,22 @@ LUNG_RADS_NOTE = (
     "Lung-RADS v2022 categories are computed from the AI measurements with the baseline "
     "screening table; no comparison with prior examinations was made."
 )
+
+
+#: How OHIF (its ``@cornerstonejs/adapters``) recognises a measurement group it can load as
+#: an editable circle: the group's Tracking Identifier starts with this text.  The
+#: identifier is free text (TEXT, PS3.16 TID 4108), so the prefix keeps the SR standard.
+VIEWER_TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0:CircleROI"
+
+
+def tracking_identifier(index: int) -> str:
+    """Tracking Identifier of nodule ``index`` in the SR, the SEG and the presentation state."""
+    return f"{VIEWER_TRACKING_PREFIX}:Nodule {index}"
+
+
+def nodule_name(identifier: str) -> str:
+    """"Nodule <n>" from a :func:`tracking_identifier` (or the identifier itself)."""
+    return identifier.removeprefix(f"{VIEWER_TRACKING_PREFIX}:")
 
 
 class OutcomeStatus(enum.StrEnum):
@@ -167,6 +184,21 @@ def series_description(kind: str, algorithm: AlgorithmInfo) -> str:
     """A series description (<= 64 characters) that says AI and, if so, not for diagnosis."""
     suffix = " (not for diagnostic use)" if algorithm.synthetic_data else " (unverified)"
     return f"AI {kind}{suffix}"[:64]
+
+
+def outcome_summary(findings: Sequence[Finding], outcome: ReportOutcome) -> str:
+    """The outcome in a few words: "2 nodules, Lung-RADS 4X", "no lung nodules detected", ..."""
+    if not outcome.is_analysed:
+        return "series not analysed"
+    if not findings:
+        return NO_NODULES_DETECTED.rstrip(".").lower()
+    count = f"{len(findings)} nodule{'s' if len(findings) > 1 else ''}"
+    return f"{count}, Lung-RADS {study_category(list(findings)).value}"
+
+
+def report_description(findings: Sequence[Finding], outcome: ReportOutcome, algorithm: AlgorithmInfo) -> str:
+    """The SR's series description: the outcome, as viewers list it before anyone opens the report."""
+    return series_description(f"report: {outcome_summary(findings, outcome)}", algorithm)
 
 
 def short_ai_statement(algorithm: AlgorithmInfo) -> str:

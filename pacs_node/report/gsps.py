@@ -12,7 +12,7 @@ makes them show, on the CT series itself (not on burned-in copies),
   slice of the series, with the slices' own Modality LUT (Rescale Slope/Intercept).
 
 Circle and label of a nodule form one Graphic Group "Nodule <n>" and carry the SR's
-Tracking Identifier "Nodule <n>" and Tracking UID (``Finding.tracking_uid``), all on
+Tracking Identifier (ending in "Nodule <n>") and Tracking UID (``Finding.tracking_uid``), all on
 one graphic layer.  Graphic coordinates are image coordinates (column, row) with
 (0, 0) at the top-left corner of the top-left pixel, as in the SR's SCOORDs.
 
@@ -36,6 +36,7 @@ from pacs_node.report.context import (
     nodule_label,
     series_description,
     short_ai_statement,
+    tracking_identifier,
 )
 from pacs_node.report.geometry import SlicePosition, locate, ring_radius_px
 from pacs_node.report.keyimages import LUNG_WINDOW_CENTER, LUNG_WINDOW_WIDTH, RING
@@ -79,7 +80,7 @@ def _annotation(
     index: int, finding: Finding, position: SlicePosition, algorithm: AlgorithmInfo, layer: hd.pr.GraphicLayer
 ) -> tuple[hd.pr.GraphicGroup, hd.pr.GraphicAnnotation]:
     """The graphic group and annotation (ring and label) of one nodule on its slice."""
-    tracking = {"tracking_id": f"Nodule {index}", "tracking_uid": finding.tracking_uid}
+    tracking = {"tracking_id": tracking_identifier(index), "tracking_uid": finding.tracking_uid}
     label = nodule_label(index, finding)
     group = hd.pr.GraphicGroup(graphic_group_id=index, label=f"Nodule {index}", description=label)
     radius = ring_radius_px(position.image, finding.long_axis_mm)

@@ -30,13 +30,13 @@ from pacs_node.report.codes import (
     SPICULATED,
     VOLUME,
 )
-from pacs_node.report.context import OutcomeStatus
+from pacs_node.report.context import OutcomeStatus, nodule_name
 
 _NODULE_TYPES = {code.value: kind for kind, code in NODULE_TYPE_CODES.items()}
 _LUNG_RADS = {code.value: category for category, code in LUNG_RADS_CODES.items()}
 
 
-_Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+_Group = hd.sr.MeasurementsAndQualitativeEvaluations
 
 
 def _measurement(group: _Group, name: Code) -> float | None:
@@ -48,6 +48,15 @@ def _evaluation(group: _Group, name: Code) -> hd.sr.CodedConcept | None:
     found = group.get_qualitative_evaluations(name=name)
     value = found[0].value if found else None
     return value if isinstance(value, hd.sr.CodedConcept) else None
+
+
+def _coordinates(group: _Group, name: Code) -> Dataset | None:
+    """The SCOORD or SCOORD3D item a measurement is inferred from (TID 300 INFERRED FROM)."""
+    found = group.get_measurements(name=name)
+    for item in getattr(found[0][0], "ContentSequence", []) if found else []:
+        if item.ValueType in ("SCOORD", "SCOORD3D") and item.RelationshipType == "INFERRED FROM":
+            return item
+    return None
 
 
 def _is_code(value: hd.sr.CodedConcept | None, code: Code) -> bool:
@@ -73,49 +82,40 @@ def read_findings(sr_dataset: Dataset) -> list[dict[str, Any]]:
     Returns
     -------
     list[dict]
-        One dict per nodule, in report order, with keys ``tracking_id`` ("Nodule 1"),
+        One dict per nodule, in report order, with keys ``tracking_id`` (as stored,
+        ``Cornerstone3DTools@^0.1.0:CircleROI:Nodule 1``), ``name`` ("Nodule 1"),
         ``tracking_uid``, ``center_lps_mm`` (x, y, z; LPS mm), ``long_axis_mm``,
-        ``short_axis_mm``, ``diameter_mm``, ``solid_core_mm`` (or None),
-        ``volume_mm3``, ``mean_hu``, ``score`` (0-1), ``nodule_type``
+        ``short_axis_mm``, ``diameter_mm``, ``solid_core_mm`` (or None), ``volume_mm3``, ``mean_hu``, ``score`` (0-1), ``nodule_type``
         (:class:`NoduleType` value, e.g. "solid"), ``lung_rads`` ("1" ... "4X"),
         ``spiculated``, ``finding_site`` (code meaning), ``laterality`` (meaning or
         None), and ``circle``: ``{"sop_instance_uid", "center_col_row", "radius_px"}``
         in image coordinates of the referenced slice.
     """
     report = _as_report(sr_dataset)
-    volumetric = {str(g.tracking_uid): g for g in report.get_volumetric_roi_measurement_groups()}
     nodules = []
-    for group in report.get_planar_roi_measurement_groups():
+    for group in report.get_image_measurement_groups():
         uid = str(group.tracking_uid)
-        region = group.roi
-        if not isinstance(region, hd.sr.ImageRegion):
-            raise ValueError(f"measurement group {uid} has no image region (SCOORD)")
-        data = np.asarray(region.value, dtype=float)
+        circle = _coordinates(group, DIAMETER)
+        if circle is None or circle.ValueType != "SCOORD":
+            raise ValueError(f"measurement group {uid} has no circle (SCOORD) on its diameter")
+        data = np.asarray(circle.GraphicData, dtype=float).reshape(-1, 2)
+        centre = _coordinates(group, VOLUME)
         nodule_type = _evaluation(group, NODULE_TYPE)
         category = _evaluation(group, LUNG_RADS_CATEGORY)
         certainty = _measurement(group, CERTAINTY_OF_FINDING)
         site = group.finding_sites[0] if group.finding_sites else None
-        volume_group = volumetric.get(uid)
-        center = None
-        volume = mean_hu = None
-        if volume_group is not None:
-            surface = volume_group.roi
-            if isinstance(surface, hd.sr.VolumeSurface):
-                points = np.asarray(surface.graphic_data, dtype=float).reshape(-1, 3)
-                center = (float(points[0, 0]), float(points[0, 1]), float(points[0, 2]))
-            volume = _measurement(volume_group, VOLUME)
-            mean_hu = _measurement(volume_group, MEAN_ATTENUATION)
         nodules.append(
             {
                 "tracking_id": group.tracking_identifier,
+                "name": nodule_name(str(group.tracking_identifier)),
                 "tracking_uid": uid,
-                "center_lps_mm": center,
+                "center_lps_mm": None if centre is None else tuple(float(v) for v in centre.GraphicData[:3]),
                 "long_axis_mm": _measurement(group, LONG_AXIS),
                 "short_axis_mm": _measurement(group, SHORT_AXIS),
                 "diameter_mm": _measurement(group, DIAMETER),
                 "solid_core_mm": _measurement(group, SOLID_CORE),
-                "volume_mm3": volume,
-                "mean_hu": mean_hu,
+                "volume_mm3": _measurement(group, VOLUME),
+                "mean_hu": _measurement(group, MEAN_ATTENUATION),
                 "score": None if certainty is None else certainty / 100,
                 "nodule_type": None if nodule_type is None else _NODULE_TYPES[nodule_type.value].value,
                 "lung_rads": None if category is None else _LUNG_RADS[category.value].value,
@@ -124,7 +124,7 @@ def read_findings(sr_dataset: Dataset) -> list[dict[str, Any]]:
                 "laterality": None if site is None or site.laterality is None else site.laterality.meaning,
                 "circle": {
                     "sop_instance_uid": str(
-                        region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                        circle.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
                     ),
                     "center_col_row": (float(data[0, 0]), float(data[0, 1])),
                     "radius_px": float(math.dist(data[0], data[1])),

@@ -2,8 +2,8 @@
 
 Segments
 --------
-Segment *n* is "Nodule <n>", with the SR's Tracking Identifier "Nodule <n>" and
-Tracking UID (``Finding.tracking_uid``), so a viewer can tie a segment to its
+Segment *n* is "Nodule <n>", with the SR's Tracking Identifier
+(:func:`pacs_node.report.context.tracking_identifier`, ending in "Nodule <n>") and Tracking UID (``Finding.tracking_uid``), so a viewer can tie a segment to its
 measurement group.  Property category Morphologically Abnormal Structure (49755003,
 SCT), type Nodule (27925004, SCT); anatomic region the nodule's lobe or the lung;
 algorithm type AUTOMATIC with the detection algorithm (family Artificial
@@ -53,6 +53,7 @@ from pacs_node.report.context import (
     DeviceInfo,
     copy_body_part,
     series_description,
+    tracking_identifier,
 )
 from pacs_node.report.geometry import image_coordinates, locate
 from pacs_node.report.keyimages import RING
@@ -124,7 +125,7 @@ def _segment(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm_id,
         tracking_uid=finding.tracking_uid,
-        tracking_id=f"Nodule {number}",
+        tracking_id=tracking_identifier(number),
         anatomic_regions=[region],
         display_color=hd.color.CIELabColor.from_rgb(*RING),
     )

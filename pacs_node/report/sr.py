@@ -1,31 +1,39 @@
 """TID 1500 Comprehensive 3D SR with the nodules found in one CT series, and its reader.
 
-One report per analysed series, in the source's study, in a new series.  Its content
-tree (DICOM PS3.16 TID 1500 "Measurement Report")::
+One report per analysed series, in the source's study, in a new series whose description
+states the outcome (``AI lung nodules: 2 found, Lung-RADS 4X (...)``, ``...: none
+detected``, ``...: not analysed``), so a viewer's series list shows it unopened.  Its
+content tree (DICOM PS3.16 TID 1500 "Measurement Report")::
 
     Imaging Measurement Report (126000, DCM)
       language, observer context (our device), procedure reported (24627-2, LN, "CT Chest")
-      Image Library (111028, DCM): every slice of the analysed series
+      Image Library (111028, DCM): the slices the circles are drawn on
       Imaging Measurements (126010, DCM)
-        per nodule, two Measurement Groups sharing Tracking Identifier "Nodule <n>"
-        and Tracking Unique Identifier = Finding.tracking_uid:
-          TID 1410 planar group: CIRCLE (SCOORD) on the slice nearest the centre,
-              long axis, short axis, mean diameter, [solid component], certainty of
-              finding, nodule type, Lung-RADS category, [border shape: spiculated]
-          TID 1411 volumetric group: centre as a SCOORD3D POINT in the frame of
-              reference, volume, mean attenuation
+        per nodule, one TID 1501 Measurement Group:
+          Tracking Identifier "Cornerstone3DTools@^0.1.0:CircleROI:Nodule <n>" and
+              Tracking Unique Identifier = Finding.tracking_uid
+          Finding: Nodule; algorithm; finding site (lobe or lung)
+          TID 300 measurements: mean diameter INFERRED FROM a CIRCLE (SCOORD) on the slice
+              nearest the centre; long axis; short axis; [solid component]; certainty of
+              finding; volume INFERRED FROM the centre (SCOORD3D POINT, frame of
+              reference); mean attenuation
+          qualitative evaluations: nodule type, Lung-RADS category, [border shape:
+              spiculated] (CODE), then a Comment (TEXT): "Nodule <n>: 5.7 mm solid,
+              Lung-RADS 2 (AI-generated, not for diagnostic use)"
       Qualitative Evaluations (C0034375, UMLS): CAD processing summary, study
           Lung-RADS category, "Nodule: Absent" when none, reason when not analysable,
           and the AI / not-for-diagnostic-use statements as TEXT comments
 
-Why two groups per nodule: TID 1410 (and highdicom's
-:class:`highdicom.sr.PlanarROIMeasurementsAndQualitativeEvaluations`) holds exactly one
-region, and highdicom forbids per-measurement coordinates inside ROI groups.  A
-second TID 1411 group with the same tracking identifiers carries the 3D point; the
-standard links groups of one lesion by Tracking Unique Identifier, and OHIF merges
-groups by that UID, then draws the first SCOORD it finds (the circle: the planar
-group comes first).  The 3D measurements (volume, mean attenuation) sit in the
-volumetric group, the in-plane ones in the planar group.
+Why this layout (OHIF Viewer 3.13 and its ``@cornerstonejs/adapters``; details in
+docs/viewer.md): OHIF loads a group as an editable, tracked measurement only when its
+Tracking Identifier starts with a tool's tag (here its circle tool) and the group's first
+NUM carries the SCOORD (TID 300 INFERRED FROM); a group with a SCOORD at its top level
+(TID 1410) or with a CIRCLE found by graphic type is never loaded.  OHIF merges groups
+by Tracking Unique Identifier, so one group per nodule; it labels a measurement with its
+first Comment, lists Comments before the numbers and shows five lines, hence the label
+first and the diameter as first NUM.
+Tracking Identifier is free text and TID 1501 row 12 allows text qualitative
+evaluations, so the report stays a standard TID 1500.
 
 Coordinates: centres are patient coordinates (LPS, mm) in the source's frame of
 reference; SCOORD graphic data are image coordinates (column, row) in pixels, with
@@ -87,7 +95,10 @@ from pacs_node.report.context import (
     ReportOutcome,
     ai_statement,
     device_observer,
-    series_description,
+    nodule_label,
+    report_description,
+    short_ai_statement,
+    tracking_identifier,
 )
 from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
 from pacs_node.report.read import read_findings, read_study_summary
@@ -99,74 +110,65 @@ __all__ = ["AlgorithmInfo", "DeviceInfo", "ReportOutcome", "build_report", "read
 
 
 def _tracking(index: int, finding: Finding) -> hd.sr.TrackingIdentifier:
-    return hd.sr.TrackingIdentifier(identifier=f"Nodule {index}", uid=finding.tracking_uid)
+    return hd.sr.TrackingIdentifier(identifier=tracking_identifier(index), uid=finding.tracking_uid)
 
 
-def _nodule_groups(
+def _nodule_group(
     index: int,
     finding: Finding,
     position: SlicePosition,
+    algorithm: AlgorithmInfo,
     algorithm_id: hd.sr.AlgorithmIdentification,
-) -> tuple[
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
-    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations,
-]:
-    """The planar (circle, 2D measures) and volumetric (point, 3D measures) groups.
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The TID 1501 group of one nodule (see the module docstring for its layout).
 
     ``position`` is the finding's centre located in the source series (:func:`locate`).
     """
     radius_px = circle_radius_px(position.image, finding.long_axis_mm / 2)
-    circle = hd.sr.ImageRegion(
+    circle = hd.sr.CoordinatesForMeasurement(
         graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
         graphic_data=np.array(
             [[position.column, position.row], [position.column + radius_px, position.row]], dtype=float
         ),
         source_image=hd.sr.SourceImageForRegion.from_source_image(position.image),
     )
-    site = lobe_site(finding.lobe)
-    planar_measurements = [
+    centre = hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+        graphic_data=np.array([finding.center_lps_mm], dtype=float),
+        frame_of_reference_uid=position.image.FrameOfReferenceUID,
+    )
+    measurements = [
+        hd.sr.Measurement(name=DIAMETER, value=finding.diameter_mm, unit=MM, referenced_coordinates=[circle]),
         hd.sr.Measurement(name=LONG_AXIS, value=round(finding.long_axis_mm, 1), unit=MM),
         hd.sr.Measurement(name=SHORT_AXIS, value=round(finding.short_axis_mm, 1), unit=MM),
-        hd.sr.Measurement(name=DIAMETER, value=finding.diameter_mm, unit=MM),
     ]
     if finding.solid_core_mm is not None:
-        planar_measurements.append(hd.sr.Measurement(name=SOLID_CORE, value=round(finding.solid_core_mm, 1), unit=MM))
-    planar_measurements.append(
-        hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(100 * finding.score, 4), unit=PERCENT)
-    )
+        measurements.append(hd.sr.Measurement(name=SOLID_CORE, value=round(finding.solid_core_mm, 1), unit=MM))
+    measurements += [
+        hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(100 * finding.score, 4), unit=PERCENT),
+        hd.sr.Measurement(
+            name=VOLUME, value=float(round(finding.volume_mm3)), unit=MM3, referenced_coordinates=[centre]
+        ),
+        hd.sr.Measurement(name=MEAN_ATTENUATION, value=round(finding.mean_hu, 1), unit=HU),
+    ]
     evaluations = [
         hd.sr.QualitativeEvaluation(name=NODULE_TYPE, value=NODULE_TYPE_CODES[finding.nodule_type]),
         hd.sr.QualitativeEvaluation(name=LUNG_RADS_CATEGORY, value=LUNG_RADS_CODES[finding.lung_rads]),
     ]
     if finding.spiculated:
         evaluations.append(hd.sr.QualitativeEvaluation(name=BORDER_SHAPE, value=SPICULATED))
-    planar = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=_tracking(index, finding),
-        referenced_region=circle,
         finding_type=NODULE,
         algorithm_id=algorithm_id,
-        finding_sites=[site],
-        measurements=planar_measurements,
+        finding_sites=[lobe_site(finding.lobe)],
+        measurements=measurements,
         qualitative_evaluations=evaluations,
     )
-    point = hd.sr.VolumeSurface(
-        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-        graphic_data=np.array([finding.center_lps_mm], dtype=float),
-        frame_of_reference_uid=position.image.FrameOfReferenceUID,
-        source_series=hd.sr.SourceSeriesForSegmentation(position.image.SeriesInstanceUID),
-    )
-    volumetric = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=_tracking(index, finding),
-        referenced_volume_surface=point,
-        finding_type=NODULE,
-        algorithm_id=algorithm_id,
-        finding_sites=[site],
-        measurements=[
-            hd.sr.Measurement(name=VOLUME, value=float(round(finding.volume_mm3)), unit=MM3),
-            hd.sr.Measurement(name=MEAN_ATTENUATION, value=round(finding.mean_hu, 1), unit=HU),
-        ],
-    )
-    return planar, volumetric
+    # Row 12 of TID 1501 allows text answers too: OHIF labels the measurement with it.
+    label = f"{nodule_label(index, finding)} ({short_ai_statement(algorithm)})"
+    group[0].ContentSequence.append(_text(COMMENT, label))
+    return group
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
@@ -250,8 +252,7 @@ def _measurement_report(
         measurements = hd.sr.ContainerContentItem(name=codes.DCM.ImagingMeasurements, relationship_type=contains)
         measurements.ContentSequence = hd.sr.ContentSequence()
         for index, (finding, position) in enumerate(zip(findings, positions, strict=True), start=1):
-            for group in _nodule_groups(index, finding, position, algorithm_id):
-                measurements.ContentSequence.extend(group)
+            measurements.ContentSequence.extend(_nodule_group(index, finding, position, algorithm, algorithm_id))
         content.append(measurements)
     evaluations = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
     evaluations.ContentSequence = hd.sr.ContentSequence(_study_evaluations(findings, outcome, algorithm, device))
@@ -343,7 +344,7 @@ def build_report(
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=series_description("lung nodule report", algorithm),
+        series_description=report_description(findings, outcome, algorithm),
         **device.equipment(),
         coding_schemes=[PRIVATE_CODING_SCHEME],
     )

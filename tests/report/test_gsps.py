@@ -12,7 +12,7 @@ from pydicom import Dataset
 from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage, generate_uid
 
 from pacs_node.imaging.findings import Finding
-from pacs_node.report.context import AlgorithmInfo, DeviceInfo
+from pacs_node.report.context import AlgorithmInfo, DeviceInfo, tracking_identifier
 from pacs_node.report.gsps import build_gsps
 from tests.report import BLOBS, NODULE_HU, SPACING_ZYX_MM, dciodvfy, findings, write_series
 
@@ -98,7 +98,7 @@ def test_labels_name_size_type_category_and_the_ai_statement(source: list[Datase
         assert (ax, abs(ay - cy)) == pytest.approx((cx, abs(ex - cx)), abs=1e-3), "anchor on the ring's top or bottom"
         assert text.AnchorPointVisibility == "Y"
         for item in (text, circle):
-            assert (item.TrackingID, item.TrackingUID) == (f"Nodule {index}", finding.tracking_uid)
+            assert (item.TrackingID, item.TrackingUID) == (tracking_identifier(index), finding.tracking_uid)
             assert item.GraphicGroupID == index
     assert [g.GraphicGroupLabel for g in ds.GraphicGroupSequence] == ["Nodule 1", "Nodule 2"]
     [layer] = ds.GraphicLayerSequence

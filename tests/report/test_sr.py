@@ -95,7 +95,8 @@ def test_findings_read_back_from_file(source: list[Dataset], tmp_path: Path) -> 
     expected = findings()
     report, _ = _build(source, expected)
     read = read_findings(_saved(report, tmp_path))
-    assert [n["tracking_id"] for n in read] == ["Nodule 1", "Nodule 2"]
+    assert [n["name"] for n in read] == ["Nodule 1", "Nodule 2"]
+    assert [n["tracking_id"] for n in read] == [f"Cornerstone3DTools@^0.1.0:CircleROI:Nodule {i}" for i in (1, 2)]
     for nodule, finding in zip(read, expected, strict=True):
         assert nodule["tracking_uid"] == finding.tracking_uid
         assert np.allclose(nodule["center_lps_mm"], finding.center_lps_mm, atol=1.0)
@@ -134,26 +135,44 @@ def test_circle_is_on_the_nearest_slice_and_its_centre_maps_back(source: list[Da
         )
 
 
-def test_each_nodule_has_a_planar_circle_group_then_a_3d_point_group(source: list[Dataset]) -> None:
-    """OHIF merges groups by tracking UID and draws the first SCOORD: the circle."""
+def _items(group: Dataset, value_type: str) -> list[Dataset]:
+    return [item for item in group.ContentSequence if item.ValueType == value_type]
+
+
+def test_each_nodule_is_one_group_that_ohif_loads_as_a_tracked_circle(source: list[Dataset]) -> None:
+    """What OHIF 3.13 (@cornerstonejs/adapters) needs to load a nodule as an editable circle:
+    a Tracking Identifier starting with its circle tool's tag, one group per tracking UID,
+    the circle (SCOORD) INFERRED FROM on the group's first NUM, no SCOORD at the top level;
+    its label is the first Comment, shown first among the five lines it shows."""
     nodules = findings()
     report, _ = _build(source, nodules)
     content = _content(report)
-    planar = content.get_planar_roi_measurement_groups()
-    volumetric = content.get_volumetric_roi_measurement_groups()
-    assert [g.tracking_uid for g in planar] == [g.tracking_uid for g in volumetric] == [f.tracking_uid for f in nodules]
-    for group in planar:
-        assert group.roi.graphic_type == hd.sr.GraphicTypeValues.CIRCLE
-        ref = group.roi.ContentSequence[0].ReferencedSOPSequence[0]
-        assert ref.ReferencedSOPClassUID == pydicom.uid.CTImageStorage
-    for group, blob in zip(volumetric, BLOBS, strict=True):
-        assert group.roi.graphic_type == hd.sr.GraphicTypeValues3D.POINT
-        assert group.roi.frame_of_reference_uid == source[0].FrameOfReferenceUID
-        assert np.allclose(group.roi.graphic_data, [blob.center_lps_mm])
-    groups = content[0].ContentSequence
-    measurements = [item for item in groups if item.ConceptNameCodeSequence[0].CodeValue == "126010"][0]
-    templates = [item.ContentTemplateSequence[0].TemplateIdentifier for item in measurements.ContentSequence]
-    assert templates == ["1410", "1411", "1410", "1411"]
+    groups = content.get_image_measurement_groups()
+    assert [g.tracking_uid for g in groups] == [f.tracking_uid for f in nodules]
+    assert content.get_planar_roi_measurement_groups() == content.get_volumetric_roi_measurement_groups() == []
+    for index, (group, finding, blob) in enumerate(zip(groups, nodules, BLOBS, strict=True), start=1):
+        item = group[0]
+        assert item.ContentTemplateSequence[0].TemplateIdentifier == "1501"
+        assert group.tracking_identifier == f"Cornerstone3DTools@^0.1.0:CircleROI:Nodule {index}"
+        assert not _items(item, "SCOORD") and not _items(item, "SCOORD3D")
+        first, *others = _items(item, "NUM")
+        assert first.ConceptNameCodeSequence[0].CodeMeaning == "Diameter"
+        [circle] = first.ContentSequence
+        assert (circle.ValueType, circle.GraphicType, circle.RelationshipType) == ("SCOORD", "CIRCLE", "INFERRED FROM")
+        assert circle.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPClassUID == pydicom.uid.CTImageStorage
+        coordinates = {n.ConceptNameCodeSequence[0].CodeMeaning: n.ContentSequence[0] for n in others
+                       if "ContentSequence" in n}
+        assert list(coordinates) == ["Volume"], "one circle per nodule, drawn once"
+        centre = coordinates["Volume"]
+        assert (centre.ValueType, centre.GraphicType) == ("SCOORD3D", "POINT")
+        assert centre.ReferencedFrameOfReferenceUID == source[0].FrameOfReferenceUID
+        assert np.allclose(centre.GraphicData, blob.center_lps_mm)
+        comments = [(t.ConceptNameCodeSequence[0].CodeValue, t.TextValue) for t in _items(item, "TEXT")
+                    if t.ConceptNameCodeSequence[0].CodeValue == "121106"]
+        assert comments == [("121106", f"Nodule {index}: {finding.diameter_mm:.1f} mm {finding.nodule_type.value}, "
+                             f"Lung-RADS {finding.lung_rads.value} (AI-generated, not for diagnostic use)")]
+        meanings = [n.ConceptNameCodeSequence[0].CodeMeaning for n in _items(item, "NUM")]
+        assert meanings[:3] == ["Diameter", "Long axis", "Short axis"]
 
 
 def test_uids_passed_in_are_the_uids_written(source: list[Dataset], tmp_path: Path) -> None:
@@ -242,7 +261,7 @@ def test_observer_is_our_device_and_groups_name_the_algorithm(source: list[Datas
     assert attributes.uid == DEVICE.uid
     assert attributes.name == "pacs-node 0.1.0"
     assert attributes.manufacturer_name == "pacs-node project"
-    for group in _content(report).get_planar_roi_measurement_groups():
+    for group in _content(report).get_image_measurement_groups():
         texts = {
             item.ConceptNameCodeSequence[0].CodeValue: item.TextValue
             for item in group[0].ContentSequence
