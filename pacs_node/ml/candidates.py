@@ -12,7 +12,8 @@ contrast and calcium do not dominate, and ground-glass is not dwarfed by solid
 tissue), and everything outside the filled lung mask is replaced by the study's
 own parenchyma value, which turns a nodule on the pleura into a free-standing
 blob.  Local maxima are thinned by distance (non-maximum suppression) and capped
-to the strongest :attr:`CandidateParams.max_candidates`.
+to the strongest :attr:`CandidateParams.max_candidates`.  The passes run side by
+side, on as many threads as torch may use.
 
 Coordinates: candidates are returned in patient LPS (mm); the working grid is a
 :class:`~pacs_node.ml.canonical.Grid`.
@@ -20,9 +21,11 @@ Coordinates: candidates are returned in patient LPS (mm); the working grid is a
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage as ndi
 
 from pacs_node.ml.canonical import Grid
@@ -140,25 +143,43 @@ def _largest_eigenvalue(hzz: np.ndarray, hyy: np.ndarray, hxx: np.ndarray,
     return q + 2.0 * p * np.cos(phi)
 
 
-def blobness(image: np.ndarray, sigma_vox: float) -> np.ndarray:
+def blobness(image: np.ndarray, sigma_vox: float, where: np.ndarray | None = None) -> np.ndarray:
     """Scale-normalised blobness ``sigma^2 * max(0, -lambda_max)`` of a 3D image (same units).
 
     ``lambda_max`` is the largest (least negative) Hessian eigenvalue of the image
     smoothed with a Gaussian of ``sigma_vox`` voxels (isotropic voxels assumed); it
-    is negative at the centre of a bright blob only.
+    is negative at the centre of a bright blob only, so only voxels whose three
+    second derivatives are negative (and that are in ``where``, if given) are
+    computed; the others get 0.
     """
     g = ndi.gaussian_filter(image, sigma_vox, truncate=3.0, mode="nearest")
     gp = np.pad(g, 1, mode="edge")
-    c = gp[1:-1, 1:-1, 1:-1]
-    hzz = gp[2:, 1:-1, 1:-1] + gp[:-2, 1:-1, 1:-1] - 2 * c
-    hyy = gp[1:-1, 2:, 1:-1] + gp[1:-1, :-2, 1:-1] - 2 * c
-    hxx = gp[1:-1, 1:-1, 2:] + gp[1:-1, 1:-1, :-2] - 2 * c
-    hzy = (gp[2:, 2:, 1:-1] - gp[2:, :-2, 1:-1] - gp[:-2, 2:, 1:-1] + gp[:-2, :-2, 1:-1]) / 4
-    hzx = (gp[2:, 1:-1, 2:] - gp[2:, 1:-1, :-2] - gp[:-2, 1:-1, 2:] + gp[:-2, 1:-1, :-2]) / 4
-    hyx = (gp[1:-1, 2:, 2:] - gp[1:-1, 2:, :-2] - gp[1:-1, :-2, 2:] + gp[1:-1, :-2, :-2]) / 4
-    del gp
-    lam = _largest_eigenvalue(hzz, hyy, hxx, hzy, hzx, hyx)
-    return np.maximum(-lam, 0.0).astype(np.float32) * np.float32(sigma_vox * sigma_vox)
+    del g
+    c2 = 2 * gp[1:-1, 1:-1, 1:-1]
+    hzz = gp[2:, 1:-1, 1:-1] + gp[:-2, 1:-1, 1:-1] - c2
+    hyy = gp[1:-1, 2:, 1:-1] + gp[1:-1, :-2, 1:-1] - c2
+    hxx = gp[1:-1, 1:-1, 2:] + gp[1:-1, 1:-1, :-2] - c2
+    del c2
+    # a negative definite Hessian has a negative diagonal
+    todo = (hzz < 0) & (hyy < 0) & (hxx < 0)
+    if where is not None:
+        todo &= where
+    at = np.flatnonzero(todo)
+    # the mixed derivatives at those voxels only, from the padded array's flat index
+    flat = gp.ravel()
+    sz, sy = gp.shape[1] * gp.shape[2], gp.shape[2]
+    z, y, x = np.unravel_index(at, image.shape)
+    p = (z + 1) * sz + (y + 1) * sy + (x + 1)
+    del z, y, x
+
+    def mixed(s1: int, s2: int) -> np.ndarray:
+        return (flat[p + s1 + s2] - flat[p + s1 - s2] - flat[p - s1 + s2] + flat[p - s1 - s2]) / 4
+
+    lam = _largest_eigenvalue(hzz.ravel()[at], hyy.ravel()[at], hxx.ravel()[at],
+                              mixed(sz, sy), mixed(sz, 1), mixed(sy, 1))
+    out = np.zeros(image.shape, dtype=np.float32)
+    out.ravel()[at] = np.maximum(-lam, 0.0).astype(np.float32) * np.float32(sigma_vox * sigma_vox)
+    return out
 
 
 def _nms(points_mm: np.ndarray, order: np.ndarray, radius_mm: float, limit: int) -> np.ndarray:
@@ -198,19 +219,16 @@ def find_candidates(grid2: Grid, lungs: LungMask, params: CandidateParams | None
     """
     p = params or CandidateParams()
     vox = float(np.mean(grid2.spacing_mm))
-    zz, yy, xx = np.indices(grid2.shape, dtype=np.float32)
-    pts = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
-    del zz, yy, xx
-    world = grid2.index_to_world(pts)
-    filled = lungs.filled.lookup(world, outside=False).reshape(grid2.shape)
-    region = lungs.region.lookup(world, outside=False).reshape(grid2.shape)
-    del pts, world
+    filled = lungs.filled.lookup_lattice(grid2, outside=False)
+    region = lungs.region.lookup_lattice(grid2, outside=False)
     smooth = ndi.gaussian_filter(grid2.array, 1.2 / vox, truncate=2.0)
     allowed = region & (smooth > p.density_floor_hu(lungs.parenchyma_hu))
     del smooth, region
     centres, values, scales, passes = [], [], [], []
-    for k, bp in enumerate(p.passes):
-        c, v, s = _search(grid2, filled, allowed, lungs.parenchyma_hu, bp, p, vox)
+    # the passes are independent and numpy and scipy release the GIL: one thread each, up to torch's count
+    with ThreadPoolExecutor(max(1, min(len(p.passes), torch.get_num_threads()))) as pool:
+        found = list(pool.map(lambda bp: _search(grid2, filled, allowed, lungs.parenchyma_hu, bp, p, vox), p.passes))
+    for k, (c, v, s) in enumerate(found):
         centres.append(c)
         values.append(v)
         scales.append(s)
@@ -239,15 +257,17 @@ def _search(grid2: Grid, filled: np.ndarray, allowed: np.ndarray, parenchyma_hu:
             dense = ndi.binary_dilation(dense, iterations=max(1, int(round(bp.suppress_margin_mm / vox))))
         image[dense] = background
         del dense
+    # a peak is an allowed voxel at least as strong as its 26 neighbours: blobness is needed there only
+    need = ndi.binary_dilation(allowed, structure=np.ones((3, 3, 3), dtype=bool))
     best = np.zeros(grid2.shape, dtype=np.float32)
     best_scale = np.zeros(grid2.shape, dtype=np.float32)
     for s in bp.scales_mm:
-        b = blobness(image, s / vox)
+        b = blobness(image, s / vox, where=need)
         better = b > best
         best[better] = b[better]
         best_scale[better] = s
         del b, better
-    del image
+    del image, need
     peaks = (best == ndi.maximum_filter(best, size=3, mode="nearest")) & (best >= p.min_blobness_hu) & allowed
     idx = np.argwhere(peaks)
     values = best[tuple(idx.T)]

@@ -85,6 +85,37 @@ class Grid:
         out[inside] = self.array[tuple(idx[inside].T)]
         return out
 
+    def lookup_lattice(self, other: Grid, lattice: tuple[np.ndarray, ...] | None = None,
+                       outside: float | bool = 0) -> np.ndarray:
+        """:meth:`lookup` at the voxel centres of ``other`` on a lattice of its indices.
+
+        ``lattice`` holds the ``z``, ``y`` and ``x`` indices of ``other`` (default: all);
+        the result has their lengths as its shape.  When both grids' axes lie along the
+        same patient axes (any canonical pair), each axis is mapped on its own, with the
+        very arithmetic of :meth:`lookup` (the other axes only add exact zeros).
+        """
+        axes = lattice if lattice is not None else tuple(np.arange(n) for n in other.shape)
+        axes = tuple(np.asarray(a, dtype=np.int64) for a in axes)
+        if not _same_axes(self.affine, other.affine):
+            k, j, i = np.meshgrid(*axes, indexing="ij")
+            pts = np.stack([k.ravel(), j.ravel(), i.ravel()], axis=1)
+            return self.lookup(other.index_to_world(pts), outside).reshape(k.shape)
+        idx, ok = [], []
+        for a, along in enumerate(axes):
+            pts = np.zeros((len(along), 3))
+            pts[:, a] = along
+            mine = np.rint(self.world_to_index(other.index_to_world(pts))[:, a]).astype(np.int64)
+            ok.append((mine >= 0) & (mine < self.shape[a]))
+            idx.append(np.clip(mine, 0, self.shape[a] - 1))
+        inside = ok[0][:, None, None] & ok[1][None, :, None] & ok[2][None, None, :]
+        return np.where(inside, self.array[np.ix_(*idx)], np.asarray(outside, dtype=self.array.dtype))
+
+
+def _same_axes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two affines map each index axis onto the same single patient axis (exact zeros elsewhere)."""
+    pa, pb = a[:3, :3] != 0, b[:3, :3] != 0
+    return bool(np.array_equal(pa, pb) and np.all(pa.sum(axis=0) == 1) and np.all(pa.sum(axis=1) == 1))
+
 
 def orient(volume: hd.Volume) -> hd.Volume:
     """Permute and flip a CT volume's axes to the canonical ``[S, P, L]`` order.

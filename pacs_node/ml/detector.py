@@ -27,7 +27,7 @@ from pacs_node.ml.canonical import Grid
 from pacs_node.ml.lungs import LungMask
 from pacs_node.ml.measure import measure_nodule
 from pacs_node.ml.modelcard import ModelCard, ModelError, read_model_card, sha256_file
-from pacs_node.ml.network import TYPE_NAMES, NoduleNet, normalise_hu
+from pacs_node.ml.network import TYPE_NAMES, NoduleNet, fused_for_inference, normalise_hu
 from pacs_node.ml.patches import extract_patches, patch_centres
 from pacs_node.ml.preprocess import FrontEnd, run_front_end
 
@@ -91,13 +91,20 @@ class Detection:
 
 
 class Detector:
-    """A loaded model, ready to detect nodules.  Build it with :meth:`load`."""
+    """A loaded model, ready to detect nodules.  Build it with :meth:`load`.
+
+    Inference runs a copy of :attr:`model` with its BatchNorms folded into the
+    convolutions (:func:`~pacs_node.ml.network.fused_for_inference`), in channels-last
+    layout on the CPU; it is made here, so later changes to :attr:`model` do not reach it.
+    """
 
     def __init__(self, card: ModelCard, model: NoduleNet, device: str = "cpu", batch_size: int = 64) -> None:
         self.card = card
         self.model = model.eval().to(device)
         self.device = device
         self.batch_size = batch_size
+        self._layout = torch.channels_last_3d if torch.device(device).type == "cpu" else torch.contiguous_format
+        self._net = fused_for_inference(self.model).to(memory_format=self._layout)
 
     @property
     def name(self) -> str:
@@ -219,7 +226,8 @@ class Detector:
                 x = normalise_hu(np.stack([f, c], axis=1), cfg.hu_window).to(self.device)
                 sums = [0.0, 0.0, 0.0, 0.0]
                 for axes in flips:
-                    out = self.model(torch.flip(x, [2 + a for a in axes]) if axes else x)
+                    flipped = torch.flip(x, [2 + a for a in axes]) if axes else x
+                    out = self._net(flipped.contiguous(memory_format=self._layout))
                     unflip = torch.ones(3, device=out.offset.device)
                     unflip[list(axes)] = -1.0
                     parts = (torch.sigmoid(out.logit), torch.softmax(out.type_logits, dim=1), out.log_diameter,
@@ -257,13 +265,15 @@ def merge(scored: Scored, min_score: float, merge_mm: float) -> list[int]:
     """
     order = [int(i) for i in np.argsort(-scored.score, kind="stable") if scored.score[i] >= min_score]
     kept: list[int] = []
+    centres = np.empty((len(order), 3))
+    half = np.empty(len(order))
     for i in order:
-        ok = True
-        for j in kept:
-            radius = max(merge_mm, 0.5 * max(scored.diameter_mm[i], scored.diameter_mm[j]))
-            if np.linalg.norm(scored.centres_lps_mm[i] - scored.centres_lps_mm[j]) < radius:
-                ok = False
-                break
-        if ok:
-            kept.append(i)
+        n = len(kept)
+        c, h = scored.centres_lps_mm[i], 0.5 * scored.diameter_mm[i]
+        if n:
+            radius = np.maximum(merge_mm, np.maximum(half[:n], h))
+            if np.any(np.sqrt(((centres[:n] - c) ** 2).sum(axis=1)) < radius):
+                continue
+        centres[n], half[n] = c, h
+        kept.append(i)
     return kept

@@ -15,6 +15,7 @@ Coordinates: masks are :class:`~pacs_node.ml.canonical.Grid` objects indexed
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -125,20 +126,48 @@ def _coarse(volume: hd.Volume, grid_mm: float) -> Grid:
     return Grid(arr, affine)
 
 
+def _boxed(mask: np.ndarray, pad: int, op: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``op`` on the box around ``mask``'s voxels grown by ``pad`` (``False`` beyond the array), ``False`` elsewhere.
+
+    For operations whose result is ``False`` farther than ``pad`` voxels from the mask
+    (dilation and closing by less than ``pad`` voxels): the same result, on far fewer voxels.
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    if not mask.any():
+        return out
+    lo, hi = [], []
+    for a in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(b for b in range(mask.ndim) if b != a)))
+        lo.append(int(hit[0]) - pad)
+        hi.append(int(hit[-1]) + pad + 1)
+    src = tuple(slice(max(l, 0), min(h, n)) for l, h, n in zip(lo, hi, mask.shape, strict=True))
+    dst = tuple(slice(s.start - l, s.stop - l) for s, l in zip(src, lo, strict=True))
+    box = np.zeros([h - l for l, h in zip(lo, hi, strict=True)], dtype=bool)
+    box[dst] = mask[src]
+    out[src] = op(box)[dst]
+    return out
+
+
+def _reach(radius_mm: float, spacing: np.ndarray) -> int:
+    """Voxels of margin beyond which a ball of ``radius_mm`` never reaches."""
+    return int(np.ceil(radius_mm / spacing.min())) + 1
+
+
 def _close(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Morphological closing with a ball (mm), via distance transforms, on a padded copy."""
-    pad = int(np.ceil(radius_mm / spacing.min())) + 1
-    padded = np.pad(mask, pad)
-    outside = ndi.distance_transform_edt(~padded, sampling=spacing) > radius_mm
-    # dilation = ~outside; erosion of it keeps voxels farther than r from `outside`
-    closed = ndi.distance_transform_edt(~outside, sampling=spacing) > radius_mm
-    return closed[pad:-pad, pad:-pad, pad:-pad]
+    """Morphological closing with a ball (mm), via distance transforms, on the mask's box plus a margin."""
+    def close(box: np.ndarray) -> np.ndarray:
+        outside = ndi.distance_transform_edt(~box, sampling=spacing) > radius_mm
+        # dilation = ~outside; erosion of it keeps voxels farther than r from `outside`
+        return ndi.distance_transform_edt(~outside, sampling=spacing) > radius_mm
+
+    return _boxed(mask, _reach(radius_mm, spacing), close)
 
 
 def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     if radius_mm <= 0:
         return mask.copy()
-    return ndi.distance_transform_edt(~mask, sampling=spacing) <= radius_mm
+    return _boxed(mask, _reach(radius_mm, spacing),
+                  lambda box: ndi.distance_transform_edt(~box, sampling=spacing) <= radius_mm)
 
 
 def _drop_prisms(inside: np.ndarray, p: LungMaskParams, voxel_ml: float) -> None:

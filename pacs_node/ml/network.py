@@ -14,12 +14,14 @@ Heads (:class:`NetOutput`): ``logit`` (nodule or not), ``type_logits`` over
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 #: Class order of the type head (the values of :class:`pacs_node.imaging.findings.NoduleType`).
 TYPE_NAMES: tuple[str, ...] = ("solid", "part-solid", "ground-glass", "calcified")
@@ -144,6 +146,26 @@ class NoduleNet(nn.Module):
         h = self.head(self.trunk(self.features(x)))
         n = len(TYPE_NAMES)
         return NetOutput(h[:, 0], h[:, 1 : 1 + n], h[:, 1 + n] + float(np.log(8.0)), h[:, 2 + n : 5 + n] * 4.0)
+
+
+def fused_for_inference(model: NoduleNet) -> NoduleNet:
+    """An evaluation-mode copy of ``model`` with every BatchNorm folded into the convolution before it.
+
+    The copy computes the same outputs (within float rounding) with one pass over
+    each feature map fewer; ``model`` itself is left as it is (it may be training).
+    """
+    fused = copy.deepcopy(model).eval()
+    layers: list[nn.Module] = []
+    for layer in fused.features:
+        if isinstance(layer, nn.BatchNorm3d) and layers and isinstance(layers[-1], nn.Conv3d):
+            layers[-1] = fuse_conv_bn_eval(layers[-1], layer)
+        elif isinstance(layer, nn.Sequential):
+            conv, bn, *rest = layer
+            layers.append(nn.Sequential(fuse_conv_bn_eval(conv, bn), *rest))
+        else:
+            layers.append(layer)
+    fused.features = nn.Sequential(*layers)
+    return fused
 
 
 def count_parameters(model: nn.Module) -> int:

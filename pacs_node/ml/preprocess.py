@@ -153,6 +153,23 @@ class FrontEnd:
 SMOOTHING_STEPS_MM: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)
 
 
+def _noise_sites(fine: Grid, lungs: LungMask, stride: int) -> tuple[np.ndarray, ...] | None:
+    """``z, y, x`` indices of the thresholded lung air on a ``stride`` lattice of a fine grid (``None``: under 100)."""
+    nz, ny, nx = fine.shape
+    lattice = (np.arange(0, nz, stride), np.arange(0, ny - 1, stride), np.arange(0, nx - 1, stride))
+    air = lungs.air.lookup_lattice(fine, lattice, outside=False)
+    if np.count_nonzero(air) < 100:
+        return None
+    return tuple(axis[i] for axis, i in zip(lattice, np.nonzero(air), strict=True))
+
+
+def _noise_at(a: np.ndarray, sites: tuple[np.ndarray, ...]) -> float:
+    k, j, i = sites
+    v = a[k, j, i]
+    d = np.concatenate([a[k, j + 1, i] - v, a[k, j, i + 1] - v])
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+
+
 def parenchyma_noise_hu(fine: Grid, lungs: LungMask, stride: int = 3) -> float:
     """Fine-grained noise of the lung parenchyma on a fine grid (HU).
 
@@ -162,18 +179,21 @@ def parenchyma_noise_hu(fine: Grid, lungs: LungMask, stride: int = 3) -> float:
     less for smooth noise, more after edge enhancement; vessels and fissures, a
     small fraction of the voxels, hardly move it.  ``nan`` without lung voxels.
     """
-    a = fine.array
-    nz, ny, nx = a.shape
-    k, j, i = np.meshgrid(np.arange(0, nz, stride), np.arange(0, ny - 1, stride), np.arange(0, nx - 1, stride),
-                          indexing="ij")
-    idx = np.stack([k.ravel(), j.ravel(), i.ravel()], axis=1)
-    idx = idx[lungs.air.lookup(fine.index_to_world(idx), outside=False)]
-    if len(idx) < 100:
-        return float("nan")
-    k, j, i = idx.T
-    v = a[k, j, i]
-    d = np.concatenate([a[k, j + 1, i] - v, a[k, j, i + 1] - v])
-    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2.0))
+    sites = _noise_sites(fine, lungs, stride)
+    return float("nan") if sites is None else _noise_at(fine.array, sites)
+
+
+def _filter_yx(a: np.ndarray, sigma: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The y and x passes of ``gaussian_filter(..., truncate=3.0, mode="nearest")`` on a z-filtered array (in place).
+
+    With ``rows``, the x pass runs on those rows only (their values are the same, bit
+    for bit) and the result has those rows only.
+    """
+    ndi.gaussian_filter1d(a, sigma[1], axis=1, output=a, truncate=3.0, mode="nearest")
+    if rows is not None:
+        a = a[:, rows]
+    ndi.gaussian_filter1d(a, sigma[2], axis=2, output=a, truncate=3.0, mode="nearest")
+    return a
 
 
 def harmonise_noise(fine: Grid, lungs: LungMask, config: FrontEndConfig) -> tuple[Grid, float, float]:
@@ -184,7 +204,9 @@ def harmonise_noise(fine: Grid, lungs: LungMask, config: FrontEndConfig) -> tupl
     overshoot on every vessel) or very low dose gives more, and vessel crossings
     then look like nodules.  Above it, the grid is smoothed with the narrowest
     Gaussian of :data:`SMOOTHING_STEPS_MM` that brings the noise down to
-    :attr:`FrontEndConfig.smooth_to_noise_hu`.
+    :attr:`FrontEndConfig.smooth_to_noise_hu`.  Each width's noise is measured after
+    smoothing along y and x only the planes and rows it reads; the chosen width then
+    smooths the whole grid (the same values as ``gaussian_filter``, bit for bit).
 
     Returns
     -------
@@ -192,16 +214,24 @@ def harmonise_noise(fine: Grid, lungs: LungMask, config: FrontEndConfig) -> tupl
         The grid (the input itself when not smoothed), its noise before (HU) and the
         Gaussian width used (mm, 0 when not smoothed).
     """
-    noise = parenchyma_noise_hu(fine, lungs)
-    if config.smooth_above_noise_hu is None or not noise > config.smooth_above_noise_hu:
+    sites = _noise_sites(fine, lungs, 3)
+    noise = float("nan") if sites is None else _noise_at(fine.array, sites)
+    if sites is None or config.smooth_above_noise_hu is None or not noise > config.smooth_above_noise_hu:
         return fine, noise, 0.0
-    smoothed, width = fine, 0.0
+    planes, rows = np.unique(sites[0]), np.unique(np.concatenate([sites[1], sites[1] + 1]))
+    local = (np.searchsorted(planes, sites[0]), np.searchsorted(rows, sites[1]), sites[2])
+    # scipy filters contiguous lines fastest: the z pass runs on a copy with z last
+    z_last = np.ascontiguousarray(np.moveaxis(fine.array, 0, -1))
+    width, along_z = 0.0, z_last
     for width in SMOOTHING_STEPS_MM:
         sigma = width / fine.spacing_mm
-        smoothed = Grid(ndi.gaussian_filter(fine.array, sigma, truncate=3.0, mode="nearest"), fine.affine)
-        if parenchyma_noise_hu(smoothed, lungs) <= config.smooth_to_noise_hu:
+        along_z = ndi.gaussian_filter1d(z_last, sigma[0], axis=2, truncate=3.0, mode="nearest")
+        part = _filter_yx(np.ascontiguousarray(np.moveaxis(along_z[:, :, planes], -1, 0)), sigma, rows)
+        if _noise_at(part, local) <= config.smooth_to_noise_hu:
             break
-    return smoothed, noise, width
+    del z_last
+    smoothed = _filter_yx(np.ascontiguousarray(np.moveaxis(along_z, -1, 0)), width / fine.spacing_mm)
+    return Grid(smoothed, fine.affine), noise, width
 
 
 def _fine_grid(oriented: hd.Volume, lungs: LungMask, config: FrontEndConfig,

@@ -65,3 +65,18 @@ def test_a_faint_ground_glass_nodule_in_a_dark_lung_gets_a_candidate(four_types)
 
     assert nearest(fixed) > ggn.diameter_mm / 2
     assert nearest(relative) <= ggn.diameter_mm / 2
+
+
+def test_blobness_where_gives_the_same_values_there_and_zero_elsewhere() -> None:
+    from pacs_node.ml.candidates import blobness
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(-800, 40, size=(30, 34, 38)).astype(np.float32)
+    image[10:16, 12:18, 14:20] = 0.0
+    where = np.zeros(image.shape, dtype=bool)
+    where[5:25, 8:30, 10:30] = True
+    full = blobness(image, 1.5)
+    part = blobness(image, 1.5, where=where)
+    assert full.max() > 100
+    np.testing.assert_array_equal(part[where], full[where])
+    assert not part[~where].any()

@@ -174,3 +174,42 @@ def test_card_refuses_an_unknown_number_of_flips(tmp_path: Path) -> None:
     card.write_text(text.replace("\nflips = 8\n", "\nflips = 3\n"))
     with pytest.raises(ModelError, match="flips must be 1, 2, 4 or 8"):
         Detector.load(tmp_path / "m")
+
+
+def test_inference_network_and_patches_give_what_the_plain_ones_give(detector: Detector) -> None:
+    """Folded BatchNorms in channels-last layout score as the model does; context patches are ``avg_pool3d``."""
+    import torch
+    import torch.nn.functional as F
+
+    from pacs_node.ml.canonical import Grid
+    from pacs_node.ml.network import normalise_hu
+    from pacs_node.ml.patches import extract_patches
+
+    rng = np.random.default_rng(7)
+    grid = Grid(rng.normal(-700, 300, size=(40, 50, 60)).astype(np.float32), np.eye(4))
+    centres = np.array([[20, 25, 30], [0, 3, 59], [39, 49, 1], [10, 40, 12]])
+    fine, context = extract_patches(grid, centres, 24)
+    padded = np.pad(grid.array, 48, mode="edge")
+    cubes = np.stack([padded[z:z + 48, y:y + 48, x:x + 48] for z, y, x in centres + 48 - 24])
+    with torch.no_grad():
+        pooled = F.avg_pool3d(torch.from_numpy(cubes)[:, None], 2, 2)[:, 0].numpy()
+    np.testing.assert_array_equal(context, pooled)
+    _, context16 = extract_patches(grid, centres, 24, dtype=np.int16)
+    np.testing.assert_array_equal(context16, np.rint(pooled).astype(np.int16))
+    x = normalise_hu(np.stack([fine, context], axis=1), detector.card.network.hu_window)
+    with torch.inference_mode():
+        plain = detector.model(x)
+        fused = detector._net(x.contiguous(memory_format=torch.channels_last_3d))
+    for a, b in zip(plain, fused, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_merge_keeps_the_best_of_each_cluster() -> None:
+    from pacs_node.ml.detector import Scored, merge
+
+    centres = np.array([[0.0, 0, 0], [3.0, 0, 0], [9.0, 0, 0], [0, 20.0, 0], [0, 26.0, 0], [50.0, 0, 0]])
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.95, 0.01])
+    diameter = np.array([4.0, 4.0, 4.0, 14.0, 4.0, 4.0])
+    kept = merge(Scored(centres, score, np.zeros((6, 4)), diameter), 0.05, 4.0)
+    # 1 is within 4 mm of 0; 3 is 6 mm from 4 but within half of its own 14 mm; 5 is below the floor
+    assert kept == [4, 0, 2]

@@ -138,3 +138,19 @@ def test_a_broad_based_nodule_centred_on_the_pleura_is_in_the_search_region(juxt
         centres.append(np.array(p.voxel_to_world((k[s], j[s], i[s]))).ravel())
     embedded = orient(hd.Volume(arr, volume.affine, coordinate_system="PATIENT"))
     assert lung_mask(embedded, V2_LUNGS).region.lookup(np.array(centres)).all()
+
+
+def test_dilation_and_closing_on_the_masks_box_equal_those_on_the_whole_volume() -> None:
+    from pacs_node.ml.lungs import _close, _dilate
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((40, 50, 60), dtype=bool)
+    mask[8:20, 5:30, 30:58] = rng.random((12, 25, 28)) < 0.3
+    spacing = np.array([2.5, 1.6, 1.6])
+    for r in (4.0, 10.0):
+        whole = ndi.distance_transform_edt(~mask, sampling=spacing) <= r
+        np.testing.assert_array_equal(_dilate(mask, r, spacing), whole)
+    pad = int(np.ceil(16.0 / 1.6)) + 1
+    outside = ndi.distance_transform_edt(~np.pad(mask, pad), sampling=spacing) > 16.0
+    closed = (ndi.distance_transform_edt(~outside, sampling=spacing) > 16.0)[pad:-pad, pad:-pad, pad:-pad]
+    np.testing.assert_array_equal(_close(mask, 16.0, spacing), closed)
