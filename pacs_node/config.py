@@ -285,6 +285,28 @@ class RetentionConfig(_Section):
     sweep_interval_s: float = Field(default=300.0, gt=0)
 
 
+class ConsoleTLS(_Section):
+    """HTTPS on the console port (or leave it off and put the console behind a reverse proxy)."""
+
+    cert_file: Path
+    key_file: Path
+
+
+class ConsoleConfig(_Section):
+    """The IT console: web pages, REST API, ``/metrics`` and health checks on their own port."""
+
+    enabled: bool = False
+    bind_address: str = "127.0.0.1"
+    #: 0 picks a free port (tests); the shipped configuration uses 8480.
+    port: int = Field(default=8480, ge=0, le=65535)
+    tls: ConsoleTLS | None = None
+    #: Idle time after which a console login expires.
+    session_max_age_s: float = Field(default=8 * 3600, gt=0)
+    #: Failed logins allowed per user name and client address in ``login_window_s``.
+    login_attempts: int = Field(default=5, ge=1)
+    login_window_s: float = Field(default=300.0, gt=0)
+
+
 class LoggingConfig(_Section):
     """Log level and line format (one event per line on stdout)."""
 
@@ -304,6 +326,7 @@ class Settings(_Section):
     sending: SendingConfig = Field(default_factory=SendingConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Settings:
@@ -354,7 +377,8 @@ def _resolve_destination_files(table: object, base: Path) -> object:
 
 
 def _resolve_paths(raw: dict, base: Path) -> dict:
-    raw = {**raw, "node": _resolve_tls_files(raw.get("node", {}), base)}
+    raw = {**raw, "node": _resolve_tls_files(raw.get("node", {}), base),
+           "console": _resolve_tls_files(raw.get("console", {}), base)}
     if isinstance(raw.get("destinations"), list):
         raw["destinations"] = [_resolve_destination_files(item, base) for item in raw["destinations"]]
     analysis = dict(raw.get("analysis", {}))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from pacs_node.analyze.passthrough import record_series_for_analysis
 from pacs_node.config import Settings, redacted_database_url
@@ -20,7 +22,29 @@ from pacs_node.schedule import build_scheduler
 from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import JobRunner, Worker
 
+if TYPE_CHECKING:
+    from pacs_node.console.server import ConsoleServer
+
 log = logging.getLogger(__name__)
+
+
+def _console(node: Node) -> ConsoleServer | None:
+    """The IT console's server for ``node``, when ``[console] enabled``."""
+    if not node.settings.console.enabled:
+        return None
+    from pacs_node.console.app import create_app
+    from pacs_node.console.context import NodeView
+    from pacs_node.console.server import ConsoleServer
+
+    view = NodeView(
+        settings=node.settings,
+        engine=node.engine,
+        guard=node.guard,
+        started_at=datetime.now(UTC),
+        listener_up=node.receiver.server.accepting,
+        model_loaded=lambda: node.model_loaded,
+    )
+    return ConsoleServer(create_app(view), node.settings.console)
 
 
 def _job_runner(settings: Settings) -> JobRunner:
@@ -39,6 +63,8 @@ class Node:
     def __init__(self, settings: Settings, runner: JobRunner | None = None) -> None:
         self.settings = settings
         runner = runner or _job_runner(settings)
+        #: The analysis model is in memory, or analysis is off so none is needed.
+        self.model_loaded = not settings.analysis.enabled or getattr(runner, "detector", None) is not None
         self.engine = make_engine(settings.storage.database_url)
         upgrade(self.engine)
         removed = Spool(settings.storage.spool_dir, node_name=settings.node.name).clean_incoming()
@@ -73,6 +99,7 @@ class Node:
                                          guard=self.guard, retention=self.retention)
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
+        self.console = _console(self)
         self.stopped = threading.Event()
 
     def start(self) -> None:
@@ -81,6 +108,8 @@ class Node:
             self.extra_receivers.start()
         self.receiver.start()
         self.scheduler.start()
+        if self.console is not None:
+            self.console.start()
         log.info(
             "event=node_started ae_title=%s address=%s port=%d database=%s worker=%s",
             self.settings.node.ae_title,
@@ -100,6 +129,8 @@ class Node:
             self.extra_receivers.stop(grace)
         self.receiver.stop(grace)
         self.scheduler.shutdown(wait=True)
+        if self.console is not None:
+            self.console.stop()
         self.engine.dispose()
         self.stopped.set()
         log.info("event=node_stopped")

@@ -242,6 +242,10 @@ class StorageServer:
         log.info("event=association_ended assoc=%d calling_ae=%s stored=%d outcome=%r", serial, calling, handler.stored, outcome)
         return outcome
 
+    def accepting(self) -> bool:
+        """``True`` while the accept loop runs (the listener is up)."""
+        return self._acceptor is not None and self._acceptor.is_alive() and not self._stopping.is_set()
+
     def active_associations(self) -> int:
         """How many associations are being served now."""
         with self._lock:

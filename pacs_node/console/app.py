@@ -1,0 +1,21 @@
+"""The console's ASGI application: every route the console port serves."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from pacs_node import __version__
+from pacs_node.console.context import NodeView
+
+
+def create_app(view: NodeView) -> FastAPI:
+    """The console for ``view``: health checks, metrics, REST API and pages."""
+    app = FastAPI(title="pacs-node console", version=__version__, openapi_url="/api/openapi.json",
+                  docs_url=None, redoc_url=None)
+    app.state.view = view
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    return app

@@ -1,0 +1,28 @@
+"""What the console may read of the running node."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from pacs_node.config import Settings
+from pacs_node.housekeeping import DiskGuard
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """The running node as the console sees it: its settings, database and probes of its parts.
+
+    ``listener_up`` says whether the DICOM listener accepts associations; ``model_loaded``
+    whether the analysis model is in memory (``True`` too when analysis is off by configuration).
+    """
+
+    settings: Settings
+    engine: Engine
+    guard: DiskGuard
+    started_at: datetime
+    listener_up: Callable[[], bool]
+    model_loaded: Callable[[], bool]
