@@ -38,6 +38,7 @@ from pacs_node.imaging.findings import Finding, study_category
 from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.receive.spool import Spool
 from pacs_node.report.gsps import build_gsps
+from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.kos import build_kos
 from pacs_node.report.seg import build_seg
@@ -201,13 +202,12 @@ class Analysis:
     ) -> list[ObjectRow]:
         sr = build_report(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
-            series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=SR_SERIES_NUMBER,
+            identity=ObjectIdentity.fresh(SR_SERIES_NUMBER),
         )
         images = build_key_images(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
-            series_instance_uid=generate_uid(),
+            series=SeriesIdentity.fresh(KEY_IMAGE_SERIES_NUMBER),
             sop_instance_uids=[generate_uid() for _ in range(1 + len(findings))],
-            series_number=KEY_IMAGE_SERIES_NUMBER,
         )
         produced = [(ObjectKind.SR, sr), *((ObjectKind.KEY_IMAGE, image) for image in images)]
         if findings:
@@ -224,15 +224,15 @@ class Analysis:
         """The KOS, presentation state and segmentation the destinations want, each with fresh UIDs."""
         built: list[tuple[ObjectKind, Dataset]] = []
         for kind in self.extra_kinds:
-            common = {"algorithm": self.algorithm, "device": self.device,
-                      "series_instance_uid": generate_uid(), "sop_instance_uid": generate_uid()}
+            common = {"algorithm": self.algorithm, "device": self.device}
             try:
                 if kind is ObjectKind.KOS:
-                    ds = build_kos(source, findings, key_images, series_number=KOS_SERIES_NUMBER, **common)
+                    ds = build_kos(source, findings, key_images, identity=ObjectIdentity.fresh(KOS_SERIES_NUMBER),
+                                   **common)
                 elif kind is ObjectKind.GSPS:
-                    ds = build_gsps(source, findings, series_number=GSPS_SERIES_NUMBER, **common)
+                    ds = build_gsps(source, findings, identity=ObjectIdentity.fresh(GSPS_SERIES_NUMBER), **common)
                 else:
-                    ds = build_seg(source, findings, series_number=SEG_SERIES_NUMBER, **common)
+                    ds = build_seg(source, findings, identity=ObjectIdentity.fresh(SEG_SERIES_NUMBER), **common)
             except Exception as exc:  # an extra object must not cost the SR and key images
                 log.warning("event=object_skipped kind=%s error=%s", kind.value, type(exc).__name__)
                 continue

@@ -39,6 +39,7 @@ from pacs_node.report.context import (
     tracking_identifier,
 )
 from pacs_node.report.geometry import SlicePosition, locate, ring_radius_px
+from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.keyimages import LUNG_WINDOW_CENTER, LUNG_WINDOW_WIDTH, RING
 
 #: Presentation State Identification: Content Label (CS) and the graphic layer's name.
@@ -114,10 +115,7 @@ def build_gsps(
     *,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int = 1,
+    identity: ObjectIdentity,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """Build the presentation state that marks the findings on the CT series.
 
@@ -131,10 +129,9 @@ def build_gsps(
         in patient coordinates (LPS, mm).
     algorithm, device
         As for :func:`pacs_node.report.sr.build_report`.
-    series_instance_uid, sop_instance_uid
-        Chosen once per analysis by the caller, so a re-sent object is the same.
-    series_number, instance_number
-        Series and instance numbers of the presentation state.
+    identity
+        Series and instance of the new object (UIDs and numbers), chosen once per
+        analysis by the caller, so that a re-sent object is the same object.
 
     Raises
     ------
@@ -161,10 +158,7 @@ def build_gsps(
     )
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=slices,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        **identity.attributes(),
         **device.equipment(),
         content_label=CONTENT_LABEL,
         content_description=series_description("nodule marks", algorithm),

@@ -45,6 +45,7 @@ from pacs_node.report.context import (
     series_description,
 )
 from pacs_node.report.geometry import SlicePosition, locate, ring_radius_px
+from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
 
 #: Lung window, HU.
 LUNG_WINDOW_WIDTH = 1500.0
@@ -278,10 +279,7 @@ def _secondary_capture(
     reference: Dataset,
     pixels: np.ndarray,
     *,
-    series_instance_uid: str,
-    series_number: int,
-    sop_instance_uid: str,
-    instance_number: int,
+    identity: ObjectIdentity,
     patient_orientation: tuple[str, str],
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
@@ -293,10 +291,7 @@ def _secondary_capture(
         photometric_interpretation="RGB",
         bits_allocated=8,
         coordinate_system="PATIENT",
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        **identity.attributes(),
         patient_orientation=patient_orientation,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=series_description("nodule key images", algorithm),
@@ -347,9 +342,8 @@ def build_key_images(
     outcome: ReportOutcome,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uids: Sequence[str],
-    series_number: int,
 ) -> list[hd.sc.SCImage]:
     """Build the key images of one analysed CT series.
 
@@ -362,13 +356,11 @@ def build_key_images(
         coordinates (LPS, mm).  Empty without nodules or when not analysed.
     outcome, algorithm, device
         As for :func:`pacs_node.report.sr.build_report`.
-    series_instance_uid
-        The key image series, chosen once per analysis by the caller.
+    series
+        The key image series (UID and number), chosen once per analysis by the caller.
     sop_instance_uids
         One UID per image: the overview first, then one per finding in order
-        (``1 + len(findings)`` UIDs).
-    series_number
-        Series Number of the key images; Instance Numbers run 1 (overview), 2, ...
+        (``1 + len(findings)`` UIDs); Instance Numbers run 1 (overview), 2, ...
 
     Returns
     -------
@@ -395,11 +387,8 @@ def build_key_images(
     overview = _secondary_capture(
         reference,
         render_overview(reference, findings, positions, outcome, algorithm),
-        sop_instance_uid=sop_instance_uids[0],
-        instance_number=1,
+        identity=series.instance(sop_instance_uids[0], 1),
         patient_orientation=("L", "P"),  # placeholder, emptied below
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
         algorithm=algorithm,
         device=device,
     )
@@ -422,11 +411,8 @@ def build_key_images(
         image = _secondary_capture(
             slice_,
             render_nodule(position, finding, index, algorithm),
-            sop_instance_uid=uid,
-            instance_number=index + 1,
+            identity=series.instance(uid, index + 1),
             patient_orientation=_patient_orientation(slice_),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
             algorithm=algorithm,
             device=device,
         )

@@ -39,6 +39,7 @@ from pacs_node.report.context import (
     series_description,
 )
 from pacs_node.report.geometry import locate
+from pacs_node.report.identity import ObjectIdentity
 
 
 def _description(
@@ -64,10 +65,7 @@ def build_kos(
     *,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int = 1,
+    identity: ObjectIdentity,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """Build the "Of Interest" Key Object Selection of one analysed CT series.
 
@@ -82,10 +80,9 @@ def build_kos(
         all referenced in their order.
     algorithm, device
         As for :func:`pacs_node.report.sr.build_report`.
-    series_instance_uid, sop_instance_uid
-        Chosen once per analysis by the caller, so a re-sent document is the same.
-    series_number, instance_number
-        Series and instance numbers of the document.
+    identity
+        Series and instance of the new object (UIDs and numbers), chosen once per
+        analysis by the caller, so that a re-sent object is the same object.
 
     Raises
     ------
@@ -113,10 +110,7 @@ def build_kos(
     return hd.ko.KeyObjectSelectionDocument(
         evidence=referenced,
         content=content,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        **identity.attributes(),
         **device.equipment(),
         series_description=series_description("key objects", algorithm),
     )

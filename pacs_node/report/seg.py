@@ -56,6 +56,7 @@ from pacs_node.report.context import (
     tracking_identifier,
 )
 from pacs_node.report.geometry import image_coordinates, locate
+from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.keyimages import RING
 
 CONTENT_LABEL = "AI_NODULES"
@@ -137,10 +138,7 @@ def build_seg(
     *,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int = 1,
+    identity: ObjectIdentity,
 ) -> hd.seg.Segmentation:
     """Build the binary segmentation of the findings of one analysed CT series.
 
@@ -152,10 +150,9 @@ def build_seg(
         At least one nodule, numbered (segment 1, 2, ...) in this order as in the SR.
     algorithm, device
         As for :func:`pacs_node.report.sr.build_report`.
-    series_instance_uid, sop_instance_uid
-        Chosen once per analysis by the caller, so a re-sent object is the same.
-    series_number, instance_number
-        Series and instance numbers of the segmentation.
+    identity
+        Series and instance of the new object (UIDs and numbers), chosen once per
+        analysis by the caller, so that a re-sent object is the same object.
 
     Raises
     ------
@@ -174,10 +171,7 @@ def build_seg(
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[_segment(n, f, algorithm_id) for n, f in enumerate(findings, start=1)],
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        **identity.attributes(),
         **device.equipment(),
         content_label=CONTENT_LABEL,
         content_description=description,

@@ -101,6 +101,7 @@ from pacs_node.report.context import (
     tracking_identifier,
 )
 from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
+from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.read import read_findings, read_study_summary
 
 # Re-exported: callers import the report's inputs and its readers with build_report.
@@ -292,10 +293,7 @@ def build_report(
     outcome: ReportOutcome,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    instance_number: int = 1,
+    identity: ObjectIdentity,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR for one analysed CT series.
 
@@ -313,11 +311,9 @@ def build_report(
         Analysed, or not analysable with the reason the report states.
     algorithm, device
         What produced the findings, for the observer context and the statements.
-    series_instance_uid, sop_instance_uid
-        UIDs chosen once per analysis by the caller, so that a re-sent report is the
-        same object.
-    series_number, instance_number
-        Series and instance numbers of the report.
+    identity
+        Series and instance of the new object (UIDs and numbers), chosen once per
+        analysis by the caller, so that a re-sent object is the same object.
 
     Returns
     -------
@@ -337,10 +333,7 @@ def build_report(
     report = hd.sr.Comprehensive3DSR(
         evidence=list(source),
         content=content[0],
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=instance_number,
+        **identity.attributes(),
         is_complete=True,
         is_final=False,
         is_verified=False,

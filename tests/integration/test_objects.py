@@ -16,6 +16,7 @@ from pacs_node.config import Destination, load_settings
 from pacs_node.imaging.findings import Finding
 from pacs_node.report.context import AlgorithmInfo, DeviceInfo, ReportOutcome
 from pacs_node.report.gsps import build_gsps
+from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.kos import build_kos
 from pacs_node.report.seg import build_seg
@@ -70,17 +71,14 @@ def test_kos_gsps_and_seg_are_stored_by_orthanc_and_read_back_unchanged(orthanc:
     nodules = findings()
     common = {"algorithm": ALGORITHM, "device": DEVICE}
     key_images = build_key_images(source, nodules, outcome=ReportOutcome.analysed(), **common,
-                                  series_instance_uid=generate_uid(),
-                                  sop_instance_uids=[generate_uid() for _ in range(3)], series_number=9902)
+                                  series=SeriesIdentity.fresh(9902),
+                                  sop_instance_uids=[generate_uid() for _ in range(3)])
     made = {
         "sr": build_report(source, nodules, outcome=ReportOutcome.analysed(), **common,
-                           series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=9901),
-        "kos": build_kos(source, nodules, key_images, **common, series_instance_uid=generate_uid(),
-                         sop_instance_uid=generate_uid(), series_number=9903),
-        "gsps": build_gsps(source, nodules, **common, series_instance_uid=generate_uid(),
-                           sop_instance_uid=generate_uid(), series_number=9904),
-        "seg": build_seg(source, nodules, **common, series_instance_uid=generate_uid(),
-                         sop_instance_uid=generate_uid(), series_number=9905),
+                           identity=ObjectIdentity.fresh(9901)),
+        "kos": build_kos(source, nodules, key_images, **common, identity=ObjectIdentity.fresh(9903)),
+        "gsps": build_gsps(source, nodules, **common, identity=ObjectIdentity.fresh(9904)),
+        "seg": build_seg(source, nodules, **common, identity=ObjectIdentity.fresh(9905)),
     }
     paths = []
     for number, ds in enumerate([*made.values(), *key_images]):

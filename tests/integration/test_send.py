@@ -15,6 +15,7 @@ from pacs_node.config import load_settings
 from pacs_node.db.deliveries import queue_deliveries, record_objects
 from pacs_node.db.models import Delivery, DeliveryState, Job, JobState, ObjectKind
 from pacs_node.receive.spool import Spool
+from pacs_node.report.identity import SeriesIdentity
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report, read_findings
 from tests.conftest import RunningNode, storescu, wait_until
@@ -59,10 +60,9 @@ def _report_for_received_study(node: RunningNode, tmp_path: Path) -> dict:
     source = [pydicom.dcmread(path) for path in series]
     sr_uid, sc_uids = generate_uid(), [generate_uid() for _ in range(3)]
     sr = build_report(source, findings(), outcome=ReportOutcome.analysed(), algorithm=ALGORITHM, device=DEVICE,
-                      series_instance_uid=generate_uid(), sop_instance_uid=sr_uid, series_number=901)
+                      identity=SeriesIdentity.fresh(901).instance(sr_uid))
     images = build_key_images(source, findings(), outcome=ReportOutcome.analysed(), algorithm=ALGORITHM,
-                              device=DEVICE, series_instance_uid=generate_uid(), sop_instance_uids=sc_uids,
-                              series_number=902)
+                              device=DEVICE, series=SeriesIdentity.fresh(902), sop_instance_uids=sc_uids)
     spool = Spool(node.spool, node_name="test-writer")
     study_uid = source[0].StudyInstanceUID
     objects = []

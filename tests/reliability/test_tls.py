@@ -29,6 +29,7 @@ from pacs_node.db.models import (
     ObjectKind,
 )
 from pacs_node.receive.spool import Spool
+from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
 from pacs_node.send.echo import EchoError, c_echo
 from tests.conftest import (
@@ -217,7 +218,7 @@ def test_report_is_delivered_to_a_tls_pacs(node_factory, pki: Pki, tmp_path: Pat
         sr = build_report(source, findings(), outcome=ReportOutcome.analysed(),
                           algorithm=AlgorithmInfo("pacs-node-test-detector", "0.0.1", synthetic_data=True),
                           device=DeviceInfo("pacs-node project", "pacs-node", "0.1.0", "test-node"),
-                          series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=901)
+                          identity=ObjectIdentity.fresh(901))
         spool = Spool(node.spool, node_name="test-writer")
         stored = spool.write_dataset(sr, spool.report_path(sr.StudyInstanceUID, sr.SOPInstanceUID))
         spool.close()

@@ -14,6 +14,7 @@ from pydicom.uid import GrayscaleSoftcopyPresentationStateStorage, generate_uid
 from pacs_node.imaging.findings import Finding
 from pacs_node.report.context import AlgorithmInfo, DeviceInfo, tracking_identifier
 from pacs_node.report.gsps import build_gsps
+from pacs_node.report.identity import ObjectIdentity
 from tests.report import BLOBS, NODULE_HU, SPACING_ZYX_MM, dciodvfy, findings, write_series
 
 ALGORITHM = AlgorithmInfo(name="pacs-node-detector", version="0.1.0", synthetic_data=True)
@@ -29,8 +30,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
 
 def _saved(source: Sequence[Dataset], nodules: Sequence[Finding], tmp_path: Path,
            algorithm: AlgorithmInfo = ALGORITHM) -> tuple[Path, Dataset]:
-    state = build_gsps(source, nodules, algorithm=algorithm, device=DEVICE, series_instance_uid=generate_uid(),
-                       sop_instance_uid=generate_uid(), series_number=9904)
+    state = build_gsps(source, nodules, algorithm=algorithm, device=DEVICE, identity=ObjectIdentity.fresh(9904))
     path = tmp_path / "gsps.dcm"
     state.save_as(path, enforce_file_format=True)
     return path, pydicom.dcmread(path)
@@ -115,5 +115,4 @@ def test_real_data_model_labels_say_unreviewed(source: list[Dataset], tmp_path: 
 
 def test_without_findings_there_is_no_presentation_state(source: list[Dataset]) -> None:
     with pytest.raises(ValueError, match="at least one finding"):
-        build_gsps(source, [], algorithm=ALGORITHM, device=DEVICE, series_instance_uid=generate_uid(),
-                   sop_instance_uid=generate_uid(), series_number=9904)
+        build_gsps(source, [], algorithm=ALGORITHM, device=DEVICE, identity=ObjectIdentity.fresh(9904))

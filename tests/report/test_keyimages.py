@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 from pacs_node.imaging.findings import Finding
 from pacs_node.report.context import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo, DeviceInfo, ReportOutcome
 from pacs_node.report.geometry import locate
+from pacs_node.report.identity import SeriesIdentity
 from pacs_node.report.keyimages import RING, WARNING, build_key_images, lung_window
 from tests.report import BLOBS, SPACING_ZYX_MM, dciodvfy, findings, write_series
 
@@ -43,9 +44,8 @@ def _build(
         outcome=outcome or ReportOutcome.analysed(),
         algorithm=algorithm,
         device=DEVICE,
-        series_instance_uid=series_uid,
+        series=SeriesIdentity(series_uid, 902),
         sop_instance_uids=uids,
-        series_number=902,
     )
     return images, series_uid, uids
 
@@ -164,9 +164,8 @@ def test_uid_count_must_match_the_images(source: list[Dataset]) -> None:
             outcome=ReportOutcome.analysed(),
             algorithm=ALGORITHM,
             device=DEVICE,
-            series_instance_uid=generate_uid(),
+            series=SeriesIdentity.fresh(902),
             sop_instance_uids=[generate_uid(), generate_uid()],
-            series_number=902,
         )
 
 

@@ -13,6 +13,7 @@ from pydicom.uid import KeyObjectSelectionDocumentStorage, generate_uid
 
 from pacs_node.imaging.findings import Finding
 from pacs_node.report.context import NOT_FOR_DIAGNOSTIC_USE, AlgorithmInfo, DeviceInfo, ReportOutcome
+from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.kos import build_kos
 from tests.report import BLOBS, dciodvfy, findings, write_series
@@ -30,14 +31,14 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
 
 def _key_images(source: Sequence[Dataset], nodules: Sequence[Finding]) -> list[Dataset]:
     return build_key_images(source, nodules, outcome=ReportOutcome.analysed(), algorithm=ALGORITHM, device=DEVICE,
-                            series_instance_uid=generate_uid(),
-                            sop_instance_uids=[generate_uid() for _ in range(1 + len(nodules))], series_number=9902)
+                            series=SeriesIdentity.fresh(9902),
+                            sop_instance_uids=[generate_uid() for _ in range(1 + len(nodules))])
 
 
 def _saved(source: Sequence[Dataset], nodules: Sequence[Finding], key_images: Sequence[Dataset],
            tmp_path: Path) -> tuple[Path, Dataset]:
     kos = build_kos(source, nodules, key_images, algorithm=ALGORITHM, device=DEVICE,
-                    series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=9903)
+                    identity=ObjectIdentity.fresh(9903))
     path = tmp_path / "kos.dcm"
     kos.save_as(path, enforce_file_format=True)
     return path, pydicom.dcmread(path)
@@ -98,7 +99,7 @@ def test_nodules_on_one_slice_reference_it_once(source: list[Dataset], tmp_path:
 def test_without_findings_there_is_no_key_object_selection(source: list[Dataset]) -> None:
     with pytest.raises(ValueError, match="at least one finding"):
         build_kos(source, [], _key_images(source, []), algorithm=ALGORITHM, device=DEVICE,
-                  series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=9903)
+                  identity=ObjectIdentity.fresh(9903))
 
 
 def test_key_images_of_another_study_are_rejected(source: list[Dataset]) -> None:
@@ -107,4 +108,4 @@ def test_key_images_of_another_study_are_rejected(source: list[Dataset]) -> None
     key_images[0].StudyInstanceUID = generate_uid()
     with pytest.raises(ValueError, match="one study"):
         build_kos(source, nodules, key_images, algorithm=ALGORITHM, device=DEVICE,
-                  series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=9903)
+                  identity=ObjectIdentity.fresh(9903))

@@ -15,6 +15,7 @@ from pydicom.uid import SegmentationStorage, generate_uid
 
 from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.report.context import AlgorithmInfo, DeviceInfo, ReportOutcome
+from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.read import read_findings
 from pacs_node.report.seg import build_seg, spheroid_axes_mm
 from pacs_node.report.sr import build_report
@@ -32,8 +33,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
 
 
 def _saved(source: Sequence[Dataset], nodules: Sequence[Finding], tmp_path: Path) -> tuple[Path, Dataset]:
-    seg = build_seg(source, nodules, algorithm=ALGORITHM, device=DEVICE, series_instance_uid=generate_uid(),
-                    sop_instance_uid=generate_uid(), series_number=9905)
+    seg = build_seg(source, nodules, algorithm=ALGORITHM, device=DEVICE, identity=ObjectIdentity.fresh(9905))
     path = tmp_path / "seg.dcm"
     seg.save_as(path, enforce_file_format=True)
     return path, pydicom.dcmread(path)
@@ -65,7 +65,7 @@ def test_segments_are_the_nodules_with_the_sr_tracking_identifiers(source: list[
     assert ds.StudyInstanceUID == source[0].StudyInstanceUID and ds.FrameOfReferenceUID == source[0].FrameOfReferenceUID
     assert ds.SeriesDescription == "AI nodule segmentation (not for diagnostic use)"
     sr = build_report(source, nodules, outcome=ReportOutcome.analysed(), algorithm=ALGORITHM, device=DEVICE,
-                      series_instance_uid=generate_uid(), sop_instance_uid=generate_uid(), series_number=9901)
+                      identity=ObjectIdentity.fresh(9901))
     in_sr = [(f["tracking_id"], f["tracking_uid"]) for f in read_findings(sr)]
     seg = hd.seg.segread(path)
     segments = [seg.get_segment_description(n) for n in seg.segment_numbers]
@@ -129,5 +129,4 @@ def test_nodule_smaller_than_a_voxel_still_has_its_centre_frame(source: list[Dat
 
 def test_without_findings_there_is_no_segmentation(source: list[Dataset]) -> None:
     with pytest.raises(ValueError, match="at least one finding"):
-        build_seg(source, [], algorithm=ALGORITHM, device=DEVICE, series_instance_uid=generate_uid(),
-                  sop_instance_uid=generate_uid(), series_number=9905)
+        build_seg(source, [], algorithm=ALGORITHM, device=DEVICE, identity=ObjectIdentity.fresh(9905))

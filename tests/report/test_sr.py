@@ -24,6 +24,7 @@ from pacs_node.report.context import (
     ai_statement,
 )
 from pacs_node.report.geometry import locate, patient_coordinates
+from pacs_node.report.identity import SeriesIdentity
 from pacs_node.report.read import read_findings, read_study_summary
 from pacs_node.report.sr import build_report
 from tests.report import BLOBS, SPACING_ZYX_MM, dciodvfy, findings, write_series
@@ -56,10 +57,7 @@ def _build(
         outcome=outcome or ReportOutcome.analysed(),
         algorithm=algorithm,
         device=DEVICE,
-        series_instance_uid=uids["series"],
-        sop_instance_uid=uids["sop"],
-        series_number=901,
-        instance_number=3,
+        identity=SeriesIdentity(uids["series"], 901).instance(uids["sop"], 3),
     )
     return report, uids
 
