@@ -1,12 +1,12 @@
 """The node's results in a real viewer: scanner -> node -> Orthanc (DICOMweb) -> OHIF in Chromium.
 
 Three small phantom studies go to Orthanc and through a running ``pacs-node serve``: one
-with a nodule, one without, one the node cannot analyse (5 mm slices).  Each is opened
+with two nodules, one without, one the node cannot analyse (5 mm slices).  Each is opened
 in OHIF Viewer 3.13 (``tests/viewer/ohif.py``) in headless Chromium, and the test checks
-what a radiologist sees: the nodule's circle on its own slice where the nodule is, its
+what a radiologist sees: each nodule's circle on its own slice where the nodule is, its
 label (type, Lung-RADS category, AI disclaimer) on screen, no "not compatible" badge,
-the nodule loaded as an editable tracked measurement, and the outcome of the other two
-studies in the series list.  ``PACS_NODE_VIEWER_SHOTS=<folder>`` keeps screenshots
+the nodules loaded as editable tracked measurements, the DICOM SEG loaded as one
+labelled segment per nodule, and the outcome of the other two studies in the series list.  ``PACS_NODE_VIEWER_SHOTS=<folder>`` keeps screenshots
 (docs/viewer.md).  Skipped, with the reason, only where the set-up could not install
 OHIF (npm), Chromium, Playwright or Orthanc's DICOMweb plugin.
 """
@@ -38,6 +38,10 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 #: The JavaScript that reads OHIF's tracked measurements (its MeasurementService).
 MEASUREMENTS_JS = """() => window.services.measurementService.getMeasurements().map(m => ({
     label: m.label, toolName: m.toolName, points: m.points, SOPInstanceUID: m.SOPInstanceUID}))"""
+#: The segments OHIF loaded from a DICOM SEG (its SegmentationService), with their centres.
+SEGMENTS_JS = """() => window.services.segmentationService.getSegmentations().flatMap(s =>
+    Object.values(s.segments).map(g => ({label: g.label, algorithm: g.cachedStats.algorithmName,
+                                         centre: g.cachedStats.center && g.cachedStats.center.world})))"""
 #: The SR display set as OHIF sees it: loadable as tracked measurements or not.
 SR_STATE_JS = """() => window.services.displaySetService.getActiveDisplaySets()
     .filter(d => d.Modality === 'SR')
@@ -52,6 +56,7 @@ class Study:
     ct: list[Dataset]
     sr: Dataset
     key_image_series_uid: str
+    seg_series_uid: str | None
 
 
 def _missing_tool() -> str | None:
@@ -66,9 +71,10 @@ def _missing_tool() -> str | None:
     return None
 
 
-def _stored(orthanc: Orthanc, study_uid: str, folder: Path) -> tuple[Dataset, str] | None:
-    """The SR and the key images' series Orthanc holds for a study; None until both are there."""
-    sr = key_images = None
+def _stored(orthanc: Orthanc, study_uid: str, folder: Path, seg: bool) -> tuple[Dataset, str, str | None] | None:
+    """The SR, the key images' series and (with ``seg``) the segmentation's series Orthanc holds
+    for a study; None until all are there."""
+    sr = key_images = segmentation = None
     for orthanc_id in orthanc.get("/instances"):
         tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
         if tags["StudyInstanceUID"] != study_uid:
@@ -79,7 +85,11 @@ def _stored(orthanc: Orthanc, study_uid: str, folder: Path) -> tuple[Dataset, st
             sr = pydicom.dcmread(path)
         elif tags["SOPClassUID"] == SECONDARY_CAPTURE:
             key_images = tags["SeriesInstanceUID"]
-    return (sr, key_images) if sr is not None and key_images is not None else None
+        elif tags["Modality"] == "SEG":
+            segmentation = tags["SeriesInstanceUID"]
+    if sr is None or key_images is None or (seg and segmentation is None):
+        return None
+    return sr, key_images, segmentation
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +111,15 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         folder / "node", f"sqlite:///{folder / 'node.db'}",
         analysis={"enabled": True, "models_dir": str(REPO / "models")},
         destinations=[{"name": "orthanc", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
-                       "port": orthanc.dicom_port}],
+                       "port": orthanc.dicom_port, "objects": ["sr", "key_image", "seg"]}],
         sending={"poll_interval_s": 0.3},
     )
     server = None
     try:
         phantoms = {
-            "positive": generate_phantom(424243, shape_zyx=(48, 192, 192), spacing_zyx_mm=(1.25, 1.6, 1.6),
-                                         n_nodules=1, nodule_types=["solid"], diameter_range_mm=(12.0, 18.0)),
+            "positive": generate_phantom(424250, shape_zyx=(48, 192, 192), spacing_zyx_mm=(1.25, 1.6, 1.6),
+                                         n_nodules=2, nodule_types=["solid", "part-solid"],
+                                         diameter_range_mm=(10.0, 18.0)),
             "negative": generate_phantom(424240, shape_zyx=(48, 192, 192), spacing_zyx_mm=(1.25, 1.6, 1.6),
                                          n_nodules=0),
             "not_analysable": generate_phantom(424244, shape_zyx=(12, 128, 128), spacing_zyx_mm=(5.0, 2.5, 2.5),
@@ -120,11 +131,12 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             assert storescu(node.port, path).returncode == 0
         studies = {}
         for name, phantom in phantoms.items():
-            sr, key_images = wait_until(lambda p=phantom: _stored(orthanc, p.study_uid, folder),
-                                        timeout=240, interval=1.0)
+            sr, key_images, seg = wait_until(
+                lambda p=phantom, n=name: _stored(orthanc, p.study_uid, folder, seg=n == "positive"),
+                timeout=240, interval=1.0)
             ct = sorted((pydicom.dcmread(p, stop_before_pixels=True) for p in series[name].glob("*.dcm")),
                         key=lambda ds: float(ds.ImagePositionPatient[2]))
-            studies[name] = Study(phantom, ct, sr, key_images)
+            studies[name] = Study(phantom, ct, sr, key_images, seg)
         server = ViewerServer(dist, orthanc.http_port).start()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
@@ -168,19 +180,24 @@ def _pixel(ct: list[Dataset], sop_uid: str, point_lps_mm: Any) -> np.ndarray:
     return image_coordinates(image, np.asarray([point_lps_mm], dtype=float))[0][:2]
 
 
+def _truth_of(study: Study, point_lps_mm: Any) -> Any:
+    """The phantom nodule nearest a point (LPS mm)."""
+    return min(study.phantom.nodules, key=lambda n: np.linalg.norm(np.subtract(n.centre_xyz_mm, point_lps_mm)))
+
+
 def test_positive_study_shows_each_nodule_labelled_on_its_slice(setting: dict[str, Any]) -> None:
     study: Study = setting["studies"]["positive"]
     findings = read_findings(study.sr)
-    assert len(findings) == 1, "the phantom's one nodule is found (the model's job; checked elsewhere)"
-    [finding] = findings
+    assert len(findings) == 2, "the phantom's two nodules are found (the model's job; checked elsewhere)"
+    labels = [f"{f['name']}: {f['diameter_mm']:.1f} mm {f['nodule_type']}, Lung-RADS {f['lung_rads']}"
+              for f in findings]
     page = _open(setting, study, str(study.sr.SeriesInstanceUID))
     page.locator("svg text", has_text="Lung-RADS").first.wait_for(timeout=60_000)
     text = page.inner_text("body")
-    label = f"Nodule 1: {finding['diameter_mm']:.1f} mm {finding['nodule_type']}, Lung-RADS {finding['lung_rads']}"
-    assert label in text
+    assert labels[0] in text, "the report opens on the first nodule, labelled"
     assert "AI-generated, not for diagnostic use" in text
-    assert f"Diameter: {finding['diameter_mm']:.2f} mm" in text, "the diameter within the five lines shown"
-    assert page.evaluate(SR_STATE_JS) == [{"isRehydratable": True, "count": 1}]
+    assert f"Diameter: {findings[0]['diameter_mm']:.2f} mm" in text, "the diameter within the five lines shown"
+    assert page.evaluate(SR_STATE_JS) == [{"isRehydratable": True, "count": 2}]
     page.locator("[data-cy^=ModalityLoadBadge]").first.hover()
     page.wait_for_timeout(1_000)
     badge = page.inner_text("body")
@@ -189,20 +206,40 @@ def test_positive_study_shows_each_nodule_labelled_on_its_slice(setting: dict[st
     page.close()
 
     page = _open(setting, study, str(study.sr.SeriesInstanceUID), track=True)
-    measurements = wait_until(lambda: page.evaluate(MEASUREMENTS_JS), timeout=60)
+    measurements = wait_until(lambda: (m := page.evaluate(MEASUREMENTS_JS)) and len(m) == 2 and m, timeout=60)
     page.wait_for_timeout(2_000)
     _shot(page, "positive-tracked")
-    [measurement] = measurements
-    assert measurement["toolName"] == "CircleROI"
-    assert measurement["label"].startswith(label) and "not for diagnostic use" in measurement["label"]
-    assert measurement["SOPInstanceUID"] == finding["circle"]["sop_instance_uid"], "drawn on the slice of the SR"
-    [truth] = study.phantom.nodules
-    drawn = _pixel(study.ct, measurement["SOPInstanceUID"], measurement["points"][0])
-    assert np.linalg.norm(drawn - np.asarray(finding["circle"]["center_col_row"])) < 0.5, "where the SR puts it"
-    assert np.linalg.norm(drawn - _pixel(study.ct, measurement["SOPInstanceUID"], truth.centre_xyz_mm)) < 3, \
-        "within a few pixels of the nodule's true centre"
     spacing = float(study.ct[1].ImagePositionPatient[2]) - float(study.ct[0].ImagePositionPatient[2])
-    assert abs(measurement["points"][0][2] - truth.centre_xyz_mm[2]) <= abs(spacing) / 2 + 1e-3, "on its own slice"
+    for finding, label in zip(findings, labels, strict=True):
+        [measurement] = [m for m in measurements if m["label"].startswith(label)]
+        assert measurement["toolName"] == "CircleROI"
+        assert "not for diagnostic use" in measurement["label"]
+        assert measurement["SOPInstanceUID"] == finding["circle"]["sop_instance_uid"], "drawn on the slice of the SR"
+        truth = _truth_of(study, finding["center_lps_mm"])
+        drawn = _pixel(study.ct, measurement["SOPInstanceUID"], measurement["points"][0])
+        assert np.linalg.norm(drawn - np.asarray(finding["circle"]["center_col_row"])) < 0.5, "where the SR puts it"
+        assert np.linalg.norm(drawn - _pixel(study.ct, measurement["SOPInstanceUID"], truth.centre_xyz_mm)) < 3, \
+            "within a few pixels of the nodule's true centre"
+        assert abs(measurement["points"][0][2] - truth.centre_xyz_mm[2]) <= abs(spacing) / 2 + 1e-3, "on its own slice"
+    assert {_truth_of(study, f["center_lps_mm"]).centre_xyz_mm for f in findings} == \
+        {n.centre_xyz_mm for n in study.phantom.nodules}, "each nodule drawn once"
+    page.close()
+
+
+def test_segmentation_shows_each_nodule_as_a_labelled_segment(setting: dict[str, Any]) -> None:
+    study: Study = setting["studies"]["positive"]
+    assert study.seg_series_uid is not None
+    findings = read_findings(study.sr)
+    page = _open(setting, study, study.seg_series_uid)
+    segments = wait_until(lambda: (s := page.evaluate(SEGMENTS_JS)) and len(s) == len(findings) and s, timeout=60)
+    page.wait_for_timeout(2_000)
+    _shot(page, "positive-segmentation")
+    assert sorted(s["label"] for s in segments) == sorted(f["name"] for f in findings)
+    for segment in segments:
+        [finding] = [f for f in findings if f["name"] == segment["label"]]
+        assert segment["algorithm"] == "lung-nodule-synthetic-v3"
+        assert np.linalg.norm(np.subtract(segment["centre"], finding["center_lps_mm"])) < 3, \
+            "the segment lies on its nodule (centre within 3 mm of the SR's)"
     page.close()
 
 
@@ -223,3 +260,4 @@ def test_not_analysable_study_says_it_was_not_analysed(setting: dict[str, Any]) 
     page.wait_for_timeout(2_000)
     _shot(page, "not-analysable")
     page.close()
+
