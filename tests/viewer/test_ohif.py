@@ -6,7 +6,7 @@ in OHIF Viewer 3.13 (``tests/viewer/ohif.py``) in headless Chromium, and the tes
 what a radiologist sees: each nodule's circle on its own slice where the nodule is, its
 label (type, Lung-RADS category, AI disclaimer) on screen, no "not compatible" badge,
 the nodules loaded as editable tracked measurements, the DICOM SEG loaded as one
-labelled segment per nodule, and the outcome of the other two studies in the series list.  ``PACS_NODE_VIEWER_SHOTS=<folder>`` keeps screenshots
+labelled segment per nodule, the KOS and GSPS listed with the study, and the outcome of the other two studies in the series list.  ``PACS_NODE_VIEWER_SHOTS=<folder>`` keeps screenshots
 (docs/viewer.md).  Skipped, with the reason, only where the set-up could not install
 OHIF (npm), Chromium, Playwright or Orthanc's DICOMweb plugin.
 """
@@ -42,6 +42,9 @@ MEASUREMENTS_JS = """() => window.services.measurementService.getMeasurements().
 SEGMENTS_JS = """() => window.services.segmentationService.getSegmentations().flatMap(s =>
     Object.values(s.segments).map(g => ({label: g.label, algorithm: g.cachedStats.algorithmName,
                                          centre: g.cachedStats.center && g.cachedStats.center.world})))"""
+#: Every series of the open study as OHIF holds it: modality, number, which handler displays it.
+DISPLAY_SETS_JS = """() => window.services.displaySetService.getActiveDisplaySets().map(d => ({
+    modality: d.Modality, number: d.SeriesNumber, handler: d.SOPClassHandlerId, unsupported: !!d.unsupported}))"""
 #: The SR display set as OHIF sees it: loadable as tracked measurements or not.
 SR_STATE_JS = """() => window.services.displaySetService.getActiveDisplaySets()
     .filter(d => d.Modality === 'SR')
@@ -111,7 +114,7 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         folder / "node", f"sqlite:///{folder / 'node.db'}",
         analysis={"enabled": True, "models_dir": str(REPO / "models")},
         destinations=[{"name": "orthanc", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
-                       "port": orthanc.dicom_port, "objects": ["sr", "key_image", "seg"]}],
+                       "port": orthanc.dicom_port, "objects": ["sr", "key_image", "seg", "kos", "gsps"]}],
         sending={"poll_interval_s": 0.3},
     )
     server = None
@@ -243,6 +246,24 @@ def test_segmentation_shows_each_nodule_as_a_labelled_segment(setting: dict[str,
     page.close()
 
 
+def test_key_objects_and_presentation_state_are_listed_with_the_study(setting: dict[str, Any]) -> None:
+    """OHIF 3.13 lists the KOS and the GSPS under the study, by description, but has no handler
+    that displays either (it marks them unsupported): in OHIF the marks come from the SR and the
+    SEG; the KOS and GSPS are for PACS viewers that flag key images and draw presentation states."""
+    study: Study = setting["studies"]["positive"]
+    page = _open(setting, study)
+    sets = wait_until(lambda: (d := page.evaluate(DISPLAY_SETS_JS)) and len(d) == 6 and d, timeout=60)
+    text = page.inner_text("body")
+    assert "AI key objects (not for diagnostic use)" in text
+    assert "AI nodule marks (not for diagnostic use)" in text
+    by_number = {d["number"]: d for d in sets}
+    assert by_number[9903]["modality"] == "KO" and by_number[9904]["modality"] == "PR"
+    assert by_number[9903]["unsupported"] and by_number[9904]["unsupported"], \
+        "OHIF displays KO or PR now: check them on screen and update docs/viewer.md"
+    assert not any(by_number[n]["unsupported"] for n in (2, 9901, 9902, 9905)), "CT, SR, key images, SEG display"
+    page.close()
+
+
 def test_negative_study_says_no_nodules_were_detected(setting: dict[str, Any]) -> None:
     study: Study = setting["studies"]["negative"]
     assert read_findings(study.sr) == []
@@ -260,4 +281,5 @@ def test_not_analysable_study_says_it_was_not_analysed(setting: dict[str, Any]) 
     page.wait_for_timeout(2_000)
     _shot(page, "not-analysable")
     page.close()
+
 
