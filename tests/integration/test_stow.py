@@ -1,12 +1,14 @@
 """Sending reports over DICOMweb STOW-RS to a real Orthanc with its DICOMweb plugin.
 
 Arrival with the same objects and UIDs as C-STORE, refused credentials, an outage ridden out
-with retries and QIDO-RS probes.  (HTTPS is tested in tests/send/test_stow.py against a Python
-server: Debian's Orthanc 1.10 crashes on its first HTTPS request here.)
+with retries and QIDO-RS probes; HTTPS with a bearer token through HAProxy, the way a hospital
+puts a PACS's DICOMweb behind a TLS gateway (Debian's Orthanc 1.10 crashes on its own first
+HTTPS request here).
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,10 +25,13 @@ from tests.conftest import RunningNode, free_port, wait_until
 from tests.integration.test_send import FAST_RETRIES, _deliveries, _destination, _engine, _report_for_received_study
 from tests.orthanc import Orthanc
 from tests.report import findings
+from tests.tls_certs import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "pacs-node", "right-password"
+TOKEN = "s3cret-t0ken"
+HAPROXY = Path("/usr/sbin/haproxy")
 
 
 @pytest.fixture
@@ -117,3 +122,102 @@ def test_server_down_is_retried_probed_with_qido_and_delivered_once_it_is_up(nod
     assert "event=destination_resumed destination=web reason=QIDO-RS probe answered" in node.output()
     uids = [i["SOPInstanceUID"] for i in orthanc_web.instances()]
     assert sorted(uids) == sorted([report["sr_uid"], *report["sc_uids"]]), "everything arrives, once"
+
+
+class TlsGateway:
+    """HAProxy terminating HTTPS with ``pki.pacs``'s certificate and requiring ``Bearer TOKEN``
+    (401 otherwise) in front of an Orthanc's plain HTTP port."""
+
+    def __init__(self, folder: Path, pki: Pki, backend_port: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pki = pki
+        self.port = free_port()
+        bundle = folder / "gateway.pem"
+        bundle.write_text(pki.pacs.cert.read_text() + pki.pacs.key.read_text())
+        self.config = folder / "haproxy.cfg"
+        self.config.write_text(f"""global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend dicomweb
+    bind 127.0.0.1:{self.port} ssl crt {bundle}
+    http-request return status 401 content-type text/plain string "bearer token required" unless {{ req.hdr(authorization) -m str "Bearer {TOKEN}" }}
+    default_backend orthanc
+backend orthanc
+    server orthanc 127.0.0.1:{backend_port}
+""")
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> TlsGateway:
+        check = subprocess.run([str(HAPROXY), "-c", "-f", str(self.config)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        self.process = subprocess.Popen([str(HAPROXY), "-db", "-f", str(self.config)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _listening(self.port), timeout=10)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def gateway(orthanc_plain_web: Orthanc, tmp_path: Path) -> Iterator[TlsGateway]:
+    if not HAPROXY.exists():
+        pytest.skip(f"{HAPROXY} is missing (`make test` installs the Debian package haproxy, as root)")
+    server = TlsGateway(tmp_path / "gateway", make_pki(tmp_path / "pki"), orthanc_plain_web.http_port).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def orthanc_plain_web(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc with DICOMweb and no authentication of its own (the gateway does it)."""
+    server = Orthanc(tmp_path / "orthanc-plain", dicom_port=free_port(), http_port=free_port(), dicomweb=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _bearer(gateway: TlsGateway, folder: Path, token: str) -> dict:
+    """A STOW-RS destination through the gateway, trusting the test CA, with ``token``."""
+    secret = folder / "stow.token"
+    secret.write_text(token + "\n")
+    return {"name": "web-tls", "protocol": "dicomweb", "url": gateway.url, "tls": {"ca_file": str(gateway.pki.ca)},
+            "auth": {"type": "bearer", "token_file": str(secret)}}
+
+
+def test_https_with_a_bearer_token_through_a_tls_gateway(node_factory, gateway: TlsGateway,
+                                                         orthanc_plain_web: Orthanc, tmp_path: Path) -> None:
+    node = node_factory(destinations=[_bearer(gateway, tmp_path, TOKEN)], sending=FAST_RETRIES)
+    report = _report_for_received_study(node, tmp_path)
+    _queue_all(node, report["job"])
+    wait_until(lambda: [d.state for d in _deliveries(node)] == [DeliveryState.SENT], timeout=60)
+    uids = [i["SOPInstanceUID"] for i in orthanc_plain_web.instances()]
+    assert sorted(uids) == sorted([report["sr_uid"], *report["sc_uids"]])
+    assert TOKEN not in node.output()
+    echo = _pacs_node("echo", "--destination", "web-tls", "--config", str(node.config))
+    assert echo.returncode == 0 and f"QIDO-RS {gateway.url}: success" in echo.stdout, echo.stderr
+
+
+def test_a_wrong_bearer_token_is_refused_by_the_gateway_for_good(node_factory, gateway: TlsGateway,
+                                                                 orthanc_plain_web: Orthanc, tmp_path: Path) -> None:
+    node = node_factory(destinations=[_bearer(gateway, tmp_path, "wrong-token")], sending=FAST_RETRIES)
+    report = _report_for_received_study(node, tmp_path)
+    _queue_all(node, report["job"])
+    [failed] = wait_until(lambda: [d for d in _deliveries(node) if d.state == DeliveryState.FAILED], timeout=30)
+    assert failed.attempts == 1 and failed.last_error.startswith("permanent: HTTP 401 Unauthorized")
+    assert orthanc_plain_web.get("/instances") == []
