@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pacs_node.config import ConfigError, Settings, load_settings, redacted_database_url
+from pacs_node.users_cli import app as users_app
 
 if TYPE_CHECKING:
     from pacs_node.ml.phantom.variation import Variation
@@ -21,6 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="DICOM node t
 
 DEFAULT_CONFIG = Path("config/pacs-node.toml")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="TOML configuration file.")]
+
+
+app.add_typer(users_app, name="user")
 
 
 def _settings(path: Path) -> Settings:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections import deque
+from datetime import UTC, datetime
 
 _NOISY = ("pynetdicom", "apscheduler", "alembic", "sqlalchemy.engine", "highdicom", "pydicom", "httpx", "httpcore")
 #: Loggers whose warnings are routine here: the scheduler warns on every tick skipped
@@ -46,3 +48,29 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
     for name in _ROUTINE_WARNINGS:
         logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.ERROR)
+
+
+class RecentEvents(logging.Handler):
+    """The newest log records at INFO and above, in memory, for the console's events page.
+
+    The node owns one and attaches it to the root logger while it runs; records are kept
+    as (UTC time, level, logger, message) tuples, newest last.
+    """
+
+    def __init__(self, capacity: int = 500) -> None:
+        super().__init__(logging.INFO)
+        self._records: deque[tuple[str, str, str, str]] = deque(maxlen=capacity)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            when = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds")
+            self._records.append((when, record.levelname, record.name, record.getMessage()))
+        except Exception:  # noqa: BLE001 - a log record that cannot be formatted must not break the caller
+            self.handleError(record)
+
+    def newest(self, limit: int = 200, min_level: int = logging.INFO) -> list[tuple[str, str, str, str]]:
+        """Up to ``limit`` records at ``min_level`` or above, newest first."""
+        with self.lock:
+            records = list(self._records)
+        kept = [r for r in reversed(records) if logging.getLevelName(r[1]) >= min_level]
+        return kept[:limit]

@@ -14,6 +14,7 @@ from pacs_node.config import Settings, redacted_database_url
 from pacs_node.db import deliveries, queue
 from pacs_node.db.engine import make_engine, upgrade
 from pacs_node.housekeeping import DiskGuard, Retention
+from pacs_node.logs import RecentEvents
 from pacs_node.receive.processes import ReceiverProcesses
 from pacs_node.receive.server import AssociationSlots, open_listener
 from pacs_node.receive.service import build_receiver
@@ -43,6 +44,7 @@ def _console(node: Node) -> ConsoleServer | None:
         started_at=datetime.now(UTC),
         listener_up=node.receiver.server.accepting,
         model_loaded=lambda: node.model_loaded,
+        events=node.events,
     )
     return ConsoleServer(create_app(view), node.settings.console)
 
@@ -99,11 +101,15 @@ class Node:
                                          guard=self.guard, retention=self.retention)
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
+        #: The newest log records for the console's events page, while it runs.
+        self.events = RecentEvents() if settings.console.enabled else None
         self.console = _console(self)
         self.stopped = threading.Event()
 
     def start(self) -> None:
         """Start listening and the timers."""
+        if self.events is not None:
+            logging.getLogger().addHandler(self.events)
         if self.extra_receivers is not None:
             self.extra_receivers.start()
         self.receiver.start()
@@ -131,6 +137,8 @@ class Node:
         self.scheduler.shutdown(wait=True)
         if self.console is not None:
             self.console.stop()
+        if self.events is not None:
+            logging.getLogger().removeHandler(self.events)
         self.engine.dispose()
         self.stopped.set()
         log.info("event=node_stopped")

@@ -113,11 +113,16 @@ def _delivery_lines(engine: Engine, limit: int) -> list[str]:
             .limit(limit)
         ).all()
         paused = connection.execute(
-            select(DestinationHealth.name, DestinationHealth.open_since, DestinationHealth.last_error)
-            .where(DestinationHealth.open_since.is_not(None))
+            select(DestinationHealth.name, DestinationHealth.open_since, DestinationHealth.last_error,
+                   DestinationHealth.paused_at, DestinationHealth.paused_by)
+            .where(DestinationHealth.open_since.is_not(None) | DestinationHealth.paused_at.is_not(None))
         ).all()
     lines = []
     for destination in paused:
+        if destination.paused_at is not None:
+            lines.append(f"destination {destination.name} PAUSED by {destination.paused_by} at "
+                         f"{destination.paused_at:%Y-%m-%d %H:%M:%S} (by hand: resume it in the console)")
+            continue
         lines.append(f"destination {destination.name} PAUSED since {destination.open_since:%Y-%m-%d %H:%M:%S}: "
                      f"{(destination.last_error or '')[:80]} (probed with C-ECHO, or QIDO-RS for DICOMweb, until it answers)")
     if troubled:

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from pacs_node import __version__
 from pacs_node.console.context import NodeView
+from pacs_node.console.web import install as install_console
 
 
 def create_app(view: NodeView) -> FastAPI:
@@ -13,6 +14,7 @@ def create_app(view: NodeView) -> FastAPI:
     app = FastAPI(title="pacs-node console", version=__version__, openapi_url="/api/openapi.json",
                   docs_url=None, redoc_url=None)
     app.state.view = view
+    install_console(app)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from pacs_node.config import Settings
 from pacs_node.housekeeping import DiskGuard
+from pacs_node.logs import RecentEvents
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class NodeView:
 
     ``listener_up`` says whether the DICOM listener accepts associations; ``model_loaded``
     whether the analysis model is in memory (``True`` too when analysis is off by configuration).
+    ``events`` holds the node's recent log records (``None``: not collected).
     """
 
     settings: Settings
@@ -26,3 +28,4 @@ class NodeView:
     started_at: datetime
     listener_up: Callable[[], bool]
     model_loaded: Callable[[], bool]
+    events: RecentEvents | None = None

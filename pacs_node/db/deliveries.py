@@ -100,7 +100,9 @@ def queue_deliveries(engine: Engine, job_pk: int, destinations: Sequence[Destina
 
 
 def _open_destinations(connection: Connection) -> set[str]:
-    return set(connection.scalars(select(DestinationHealth.name).where(DestinationHealth.open_since.is_not(None))))
+    """Destinations whose breaker is open or that an operator paused: their deliveries wait."""
+    return set(connection.scalars(select(DestinationHealth.name).where(
+        or_(DestinationHealth.open_since.is_not(None), DestinationHealth.paused_at.is_not(None)))))
 
 
 def claim_delivery(engine: Engine, worker: str) -> ClaimedDelivery | None:
