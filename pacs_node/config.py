@@ -291,6 +291,13 @@ class ConsoleTLS(_Section):
     cert_file: Path
     key_file: Path
 
+    @model_validator(mode="after")
+    def _usable(self) -> ConsoleTLS:
+        from pacs_node.tls import check_certificate_pair
+
+        check_certificate_pair(self.cert_file, self.key_file)  # TLSConfigError names the file and what is wrong
+        return self
+
 
 class ConsoleConfig(_Section):
     """The IT console: web pages, REST API, ``/metrics`` and health checks on their own port."""

@@ -61,6 +61,11 @@ def _load_ca(context: ssl.SSLContext, ca_file: Path) -> None:
         raise TLSConfigError(f"ca_file {ca_file}: no PEM CA certificate in it ({exc.reason or exc})") from exc
 
 
+def check_certificate_pair(cert_file: Path, key_file: Path) -> None:
+    """Raise :class:`TLSConfigError` naming the file unless it is a readable PEM certificate and its key."""
+    _load_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert_file, key_file)
+
+
 def server_context(config: NodeTLS) -> ssl.SSLContext:
     """The listener's context: our certificate, and the CAs whose client certificates we accept."""
     if config.require_client_cert and config.ca_file is None:

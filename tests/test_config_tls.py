@@ -153,3 +153,16 @@ def test_min_version_13_refuses_a_tls12_client(pki: Pki) -> None:
         pass
     thread.join(timeout=10)
     assert failures and describe_failure(failures[0]) == "unsupported protocol"
+
+
+def test_console_tls_paths_follow_the_config_file_and_a_bad_pair_is_named(pki: Pki, tmp_path: Path) -> None:
+    _copy(pki, tmp_path / "tls")
+    path = _config(tmp_path)
+    path.write_text(path.read_text() + '[console]\nenabled = true\ntls = {cert_file = "tls/node.crt", key_file = "tls/node.key"}\n')
+    tls = load_settings(path, environ={}).console.tls
+    assert tls is not None and tls.cert_file == tmp_path / "tls" / "node.crt"
+    path.write_text(path.read_text().replace('key_file = "tls/node.key"', 'key_file = "tls/scanner.key"'))
+    with pytest.raises(ConfigError) as error:
+        load_settings(path, environ={})
+    assert "console.tls" in str(error.value)
+    assert f"key_file {tmp_path}/tls/scanner.key is not the private key of cert_file {tmp_path}/tls/node.crt" in str(error.value)
