@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
-from pacs_node.config import ConsoleTLS
 from pacs_node.console.auth import SESSION_COOKIE, LoginLimiter
 from pacs_node.db import users
 from pacs_node.db.models import AuditEntry
-from tests.console.conftest import ADMIN, VIEWER, Console, make_console, post_login
+from tests.console.conftest import ADMIN, VIEWER, Console, post_login
 
 PAGES = ["/", "/studies", "/studies/1", "/destinations", "/audit", "/events", "/config"]
 API_GETS = ["/api/me", "/api/overview", "/api/studies", "/api/studies/1", "/api/destinations", "/api/audit",
@@ -79,12 +76,6 @@ def test_login_never_redirects_off_site(console: Console) -> None:
     response = post_login(console.client, {"name": ADMIN[0], "password": ADMIN[1],
                                                     "next": "//evil.example/"}, follow_redirects=False)
     assert response.headers["location"] == "/"
-
-
-def test_cookie_is_secure_under_tls(tmp_path: Path) -> None:
-    console = make_console(tmp_path, tls=ConsoleTLS(cert_file=tmp_path / "c.pem", key_file=tmp_path / "k.pem"))
-    response = post_login(console.client, {"name": VIEWER[0], "password": VIEWER[1]}, follow_redirects=False)
-    assert "Secure" in response.headers["set-cookie"]
 
 
 def test_wrong_password_and_unknown_user_are_refused_and_audited(console: Console) -> None:
