@@ -16,6 +16,7 @@ need_apt=()
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/npm ] || need_apt+=(npm)
+[ -x /usr/bin/prometheus ] || need_apt+=(prometheus)  # tests/monitoring scrape the console with it
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt"

@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from pacs_node.config import Settings
 from pacs_node.housekeeping import DiskGuard
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.health import NodeHealth
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 
 @dataclass(frozen=True)
@@ -18,6 +23,7 @@ class NodeView:
 
     ``listener_up`` says whether the DICOM listener accepts associations; ``model_loaded``
     whether the analysis model is in memory (``True`` too when analysis is off by configuration).
+    ``metrics`` and ``health`` back ``/metrics`` and ``/readyz`` (``console/monitoring.py``).
     """
 
     settings: Settings
@@ -26,3 +32,5 @@ class NodeView:
     started_at: datetime
     listener_up: Callable[[], bool]
     model_loaded: Callable[[], bool]
+    metrics: NodeMetrics | None = None
+    health: NodeHealth | None = None
