@@ -9,6 +9,12 @@ writes without fsync.  Both DCMTK tools run with TCP_NODELAY=1.
     .venv/bin/python benchmarks/ingest.py [--rounds 3] [--database-url URL]
 
 Prints instances/s for both receivers and the ratio ours / storescp.
+
+    .venv/bin/python benchmarks/ingest.py --console [--rounds 3]
+
+measures the cost of the IT console instead: our node with ``[console]`` off, and with it
+on while a scraper fetches ``/metrics`` every second (as Prometheus would), in
+alternating runs; prints the ratio console on / off (target: at least 0.95).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,13 +107,36 @@ def push(port: int, called_ae: str, folders: list[Path]) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process ``pid`` and its child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        pids += [int(child) for child in children.read_text().split()]
+    total = 0.0
+    for one in pids:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def timed_push(
-    process: subprocess.Popen, port: int, called_ae: str, folders: list[Path], count_stored: Callable[[], int]
+    process: subprocess.Popen, port: int, called_ae: str, folders: list[Path], count_stored: Callable[[], int],
+    cpu: list[float] | None = None,
 ) -> float:
-    """Push into a started receiver, stop it, check that it kept everything; returns seconds."""
+    """Push into a started receiver, stop it, check that it kept everything; returns seconds.
+
+    With ``cpu``, appends the CPU seconds the receiver (and its child processes) used during the push.
+    """
     try:
         wait_listening(port, process)
+        before = cpu_seconds(process.pid) if cpu is not None else 0.0
         seconds = push(port, called_ae, folders)
+        if cpu is not None:
+            cpu.append(cpu_seconds(process.pid) - before)
     finally:
         process.terminate()
         process.wait()
@@ -128,7 +159,37 @@ def run_storescp(work: Path, folders: list[Path], max_pdu: int | None) -> float:
     return timed_push(process, port, "STORESCP", folders, lambda: sum(1 for _ in out.iterdir()))
 
 
-def run_ours(work: Path, folders: list[Path], database_url: str | None, processes: int) -> float:
+class Scraper:
+    """Fetches ``/metrics`` every second in a thread, as Prometheus would."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    response.read()
+                self.scrapes += 1
+            except OSError:
+                pass
+
+    def __enter__(self) -> Scraper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_ours(work: Path, folders: list[Path], database_url: str | None, processes: int,
+             console_port: int | None = None, cpu: list[float] | None = None) -> float:
+    """Push into our node; with ``console_port``, the console is on and scraped every second.
+    With ``cpu``, appends the node's CPU seconds during the push (see :func:`timed_push`)."""
     node_dir = work / "node"
     shutil.rmtree(node_dir, ignore_errors=True)
     node_dir.mkdir()
@@ -138,7 +199,8 @@ def run_ours(work: Path, folders: list[Path], database_url: str | None, processe
     config.write_text(
         f'[node]\nae_title = "PACS_NODE"\nport = {port}\nname = "bench"\nreceive_processes = {processes}\n'
         f'[storage]\nspool_dir = "{node_dir / "spool"}"\ndatabase_url = "{url}"\nmin_free_mb = 0\n'
-        "[completion]\nquiet_period_s = 600\n[worker]\nenabled = false\n[logging]\nlevel = \"INFO\"\n"
+        "[completion]\nquiet_period_s = 600\n[worker]\nenabled = false\n[analysis]\nenabled = false\n[logging]\nlevel = \"INFO\"\n"
+        + (f"[console]\nenabled = true\nport = {console_port}\n" if console_port else "")
     )
     log = node_dir / "node.log"
     with log.open("w") as output:
@@ -151,9 +213,45 @@ def run_ours(work: Path, folders: list[Path], database_url: str | None, processe
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"node did not start:\n{log.read_text()[-2000:]}")
         time.sleep(0.05)
-    return timed_push(
-        process, port, "PACS_NODE", folders, lambda: sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm"))
-    )
+    stored = lambda: sum(1 for _ in (node_dir / "spool" / "studies").rglob("*.dcm"))  # noqa: E731
+    if console_port is None:
+        return timed_push(process, port, "PACS_NODE", folders, stored, cpu)
+    wait_listening(console_port, process)
+    with Scraper(console_port) as scraper:
+        seconds = timed_push(process, port, "PACS_NODE", folders, stored, cpu)
+    if scraper.scrapes < int(seconds) - 1:
+        raise RuntimeError(f"only {scraper.scrapes} scrapes in {seconds:.1f} s")
+    return seconds
+
+
+def compare_console(work: Path, folders: list[Path], args: argparse.Namespace) -> None:
+    """Our node with the console off, and on with /metrics scraped every second, alternating.
+
+    Wall-clock rates on a shared machine vary from run to run; the node's CPU time per
+    instance (its own and its receiver processes') is the steadier measure of the cost.
+    """
+    modes = ("console off", "console on + scrape")
+    results: dict[tuple[str, str], list[float]] = {}
+    cpu_ms: dict[tuple[str, str], list[float]] = {}
+    for round_index in range(args.rounds):
+        for label, chosen in (("1 association", folders[:1]), ("4 associations", folders)):
+            for mode in (modes if round_index % 2 == 0 else modes[::-1]):
+                os.sync()
+                console_port = free_port() if mode != "console off" else None
+                cpu: list[float] = []
+                seconds = run_ours(work, chosen, args.database_url, args.receive_processes, console_port, cpu)
+                count = SLICES * len(chosen)
+                rate = count / seconds
+                results.setdefault((label, mode), []).append(rate)
+                cpu_ms.setdefault((label, mode), []).append(cpu[0] * 1000 / count)
+                print(f"round {round_index + 1}  {label:<15} {mode:<20} {rate:8.0f} instances/s"
+                      f"  {cpu[0] * 1000 / count:6.2f} CPU ms/instance", flush=True)
+    print("\nmedians              console off   console on + scrape   ratio on / off (target >= 0.95)")
+    for label in ("1 association", "4 associations"):
+        off, on = (statistics.median(results[(label, mode)]) for mode in modes)
+        print(f"{label:<15} {off:>10.0f} inst/s {on:>14.0f} inst/s {on / off:>18.3f}")
+        off, on = (statistics.median(cpu_ms[(label, mode)]) for mode in modes)
+        print(f"{'':<15} {off:>7.2f} CPU ms {on:>14.2f} CPU ms {off / on:>18.3f}  (CPU per instance, off / on)")
 
 
 def main() -> None:
@@ -162,6 +260,8 @@ def main() -> None:
     parser.add_argument("--database-url", help="database for our node (default: a fresh SQLite file per run)")
     parser.add_argument("--data", type=Path, help="where to cache the generated series")
     parser.add_argument("--receive-processes", type=int, default=1, help="node.receive_processes for our node")
+    parser.add_argument("--console", action="store_true",
+                        help="compare our node with the console off and on (scraped every second) instead")
     args = parser.parse_args()
     data = args.data or Path(tempfile.gettempdir()) / "pacs-node-bench-ingest"
     data.mkdir(parents=True, exist_ok=True)
@@ -171,6 +271,9 @@ def main() -> None:
     print(f"series: {SLICES} instances, {megabytes:.0f} MB; {os.cpu_count()} CPUs\n", flush=True)
     with tempfile.TemporaryDirectory(prefix="pacs-node-bench-") as tmp:
         work = Path(tmp)
+        if args.console:
+            compare_console(work, folders, args)
+            return
         results: dict[tuple[str, str], list[float]] = {}
         for round_index in range(args.rounds):
             for label, chosen in (("1 association", folders[:1]), ("4 associations", folders)):

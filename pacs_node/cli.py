@@ -37,23 +37,33 @@ def _settings(path: Path) -> Settings:
 
 @app.command()
 def serve(config: ConfigOption = DEFAULT_CONFIG) -> None:
-    """Run the node in the foreground until SIGTERM or Ctrl-C."""
+    """Run the node in the foreground until SIGTERM or Ctrl-C (systemd: ``Type=notify`` with a watchdog)."""
     from pacs_node.logs import configure_logging
-    from pacs_node.node import Node
+    from pacs_node.monitoring import multiprocess
 
     settings = _settings(config)
     configure_logging(settings.logging.level, settings.logging.format)
+    # before prometheus_client is imported (see there); metrics are counted for the console only
+    metrics_dir = multiprocess.use_private_directory() if settings.console.enabled else None
+    from pacs_node.monitoring.systemd import serve_until
+    from pacs_node.node import Node
+
     try:
-        node = Node(settings)
-    except (OSError, ValueError) as exc:
-        typer.echo(f"cannot start: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    node.start()
-    stop.wait()
-    node.stop()
+        try:
+            node = Node(settings, metrics_dir=metrics_dir)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"cannot start: {exc}", err=True)
+            raise typer.Exit(1) from exc
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        node.start()
+        serve_until(stop, node.health.liveness,
+                    f"receiving as {settings.node.ae_title} on {settings.node.bind_address}:{node.receiver.server.port}")
+        node.stop()
+    finally:
+        if metrics_dir is not None:
+            multiprocess.remove(metrics_dir)
 
 
 @app.command("check-config")

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pacs_node.analyze.passthrough import record_series_for_analysis
@@ -15,6 +16,8 @@ from pacs_node.db import deliveries, queue
 from pacs_node.db.engine import make_engine, upgrade
 from pacs_node.housekeeping import DiskGuard, Retention
 from pacs_node.logs import RecentEvents
+from pacs_node.monitoring.health import DatabaseProbe, NodeHealth
+from pacs_node.monitoring.metrics import NodeMetrics, ScrapeCollector
 from pacs_node.receive.processes import ReceiverProcesses
 from pacs_node.receive.server import AssociationSlots, open_listener
 from pacs_node.receive.service import build_receiver
@@ -45,6 +48,8 @@ def _console(node: Node) -> ConsoleServer | None:
         listener_up=node.receiver.server.accepting,
         model_loaded=lambda: node.model_loaded,
         events=node.events,
+        metrics=node.metrics,
+        health=node.health,
     )
     return ConsoleServer(create_app(view), node.settings.console)
 
@@ -60,10 +65,21 @@ def _job_runner(settings: Settings) -> JobRunner:
 
 
 class Node:
-    """Receives, completes studies and runs jobs until :meth:`stop`."""
+    """Receives, completes studies and runs jobs until :meth:`stop`.
 
-    def __init__(self, settings: Settings, runner: JobRunner | None = None) -> None:
+    Metrics are counted only when the console, which serves them, is on. ``metrics_dir``: the
+    run's multiprocess metrics directory, already set up by the caller
+    (``pacs_node/monitoring/multiprocess.py``); without it, metrics count in this process only.
+    """
+
+    def __init__(self, settings: Settings, runner: JobRunner | None = None, metrics_dir: Path | None = None) -> None:
         self.settings = settings
+        counting = settings.console.enabled
+        metrics_dir = metrics_dir if counting else None
+        self.metrics = NodeMetrics(metrics_dir) if counting else None
+        if counting and metrics_dir is None and settings.node.receive_processes > 1:
+            log.warning("event=metrics_single_process reason=no multiprocess directory: "
+                        "the extra receiver processes' counts are left out of /metrics")
         runner = runner or _job_runner(settings)
         #: The analysis model is in memory, or analysis is off so none is needed.
         self.model_loaded = not settings.analysis.enabled or getattr(runner, "detector", None) is not None
@@ -77,7 +93,9 @@ class Node:
         self.retention = (Retention(self.engine, storage.spool_dir, settings.node.name, settings.retention)
                           if settings.retention.enabled else None)
         if self.retention is not None:
-            self.retention.recover()
+            purged = self.retention.recover()
+            if self.metrics is not None:
+                self.metrics.purged(purged)
         requeued = queue.requeue_abandoned(self.engine, worker=settings.node.name)
         if requeued:
             log.warning("event=jobs_requeued count=%d reason=running at last stop", requeued)
@@ -87,18 +105,27 @@ class Node:
         node = settings.node
         listener = open_listener(node.bind_address, node.port)
         counts = multiprocessing.get_context("spawn").Array("i", node.receive_processes)
-        self.receiver = build_receiver(settings, self.engine, listener, AssociationSlots(node.max_associations, counts))
-        self.extra_receivers = ReceiverProcesses(settings, listener, counts) if node.receive_processes > 1 else None
+        self.receiver = build_receiver(settings, self.engine, listener, AssociationSlots(node.max_associations, counts),
+                                       self.metrics)
+        self.extra_receivers = (ReceiverProcesses(settings, listener, counts, metrics_dir)
+                                if node.receive_processes > 1 else None)
         worker_settings = settings.worker
         self.worker = (
             Worker(self.engine, node.name, runner, worker_settings.lease_s, worker_settings.max_attempts,
-                   settings.destinations, has_room=self.guard.has_room)
+                   settings.destinations, has_room=self.guard.has_room, metrics=self.metrics)
             if worker_settings.enabled
             else None
         )
-        self.dispatcher = Dispatcher(self.engine, settings) if settings.destinations else None
+        self.dispatcher = Dispatcher(self.engine, settings, self.metrics) if settings.destinations else None
         self.scheduler = build_scheduler(settings, self.engine, self.worker, self.dispatcher,
-                                         guard=self.guard, retention=self.retention)
+                                         guard=self.guard, retention=self.retention, metrics=self.metrics)
+        self.probe = DatabaseProbe(self.engine)
+        if self.metrics is not None:
+            self.metrics.registry.register(
+                ScrapeCollector(self.probe, self.guard, [d.name for d in settings.destinations]))
+        self.health = NodeHealth(self.probe, storage.spool_dir, self.guard, self.receiver.server.accepting,
+                                 lambda: self.model_loaded)
+        self.scheduler.add_job(self.health.heartbeat, "interval", seconds=1, id="heartbeat")
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
         #: The newest log records for the console's events page, while it runs.
@@ -124,6 +151,9 @@ class Node:
             redacted_database_url(self.settings.storage.database_url),
             "on" if self.worker else "off",
         )
+        if self.metrics is not None:
+            log.info("event=metrics_ready mode=%s dir=%s", "multiprocess" if self.metrics.multiprocess_dir
+                     else "single-process", self.metrics.multiprocess_dir or "-")
 
     def stop(self) -> None:
         """Stop cleanly: no new associations, finish in-flight stores, leave queued jobs."""
@@ -139,6 +169,7 @@ class Node:
             self.console.stop()
         if self.events is not None:
             logging.getLogger().removeHandler(self.events)
+        self.probe.close()
         self.engine.dispose()
         self.stopped.set()
         log.info("event=node_stopped")

@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine
@@ -21,6 +22,9 @@ from pacs_node.db import queue
 from pacs_node.housekeeping import DiskGuard, Retention
 from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import Worker
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +62,12 @@ def _until_idle(step: Callable[[], object | None]) -> Callable[[], None]:
     return drain
 
 
-def _sweep(engine: Engine, quiet_period_s: float) -> None:
-    for study_pk in queue.complete_quiet_studies(engine, quiet_period_s):
+def _sweep(engine: Engine, quiet_period_s: float, metrics: NodeMetrics | None = None) -> None:
+    completed = queue.complete_quiet_studies(engine, quiet_period_s)
+    for study_pk in completed:
         log.info("event=study_complete study=%d job=queued", study_pk)
+    if completed and metrics is not None:
+        metrics.studies_completed.inc(len(completed))
 
 
 def _recover(engine: Engine) -> None:
@@ -71,13 +78,14 @@ def _recover(engine: Engine) -> None:
 
 def build_scheduler(
     settings: Settings, engine: Engine, worker: Worker | None, dispatcher: Dispatcher | None = None,
-    guard: DiskGuard | None = None, retention: Retention | None = None,
+    guard: DiskGuard | None = None, retention: Retention | None = None, metrics: NodeMetrics | None = None,
 ) -> BackgroundScheduler:
     """A scheduler with the completion sweep, and the worker's dispatch, the sender, the
-    free-space check and the retention sweep when given (the last two run at start too)."""
+    free-space check and the retention sweep when given (the last two run at start too);
+    completed studies and purges are counted in ``metrics``."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "misfire_grace_time": 30})
     quiet = settings.completion.quiet_period_s
-    scheduler.add_job(_guarded("sweep", lambda: _sweep(engine, quiet)), "interval",
+    scheduler.add_job(_guarded("sweep", lambda: _sweep(engine, quiet, metrics)), "interval",
                       seconds=settings.completion.sweep_interval_s, id="completion-sweep", max_instances=1)
     scheduler.add_job(_guarded("recover", lambda: _recover(engine)), "interval",
                       seconds=max(10.0, settings.worker.lease_s / 4), id="lease-recovery")
@@ -96,7 +104,8 @@ def build_scheduler(
         scheduler.add_job(guard.check, "interval", seconds=settings.storage.space_check_interval_s,
                           id="space-check", next_run_time=now, max_instances=1)
     if retention is not None:
-        scheduler.add_job(_guarded("retention", retention.sweep), "interval",
+        sweep = retention.sweep if metrics is None else lambda: metrics.purged(retention.sweep())
+        scheduler.add_job(_guarded("retention", sweep), "interval",
                           seconds=settings.retention.sweep_interval_s, id="retention", next_run_time=now,
                           max_instances=1)
     return scheduler

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
@@ -20,6 +21,9 @@ from pacs_node.config import Destination
 from pacs_node.db import queue
 from pacs_node.db.deliveries import ObjectRow
 from pacs_node.db.models import JobState, Study, StudyState
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +51,10 @@ class Worker:
         max_attempts: int,
         destinations: Sequence[Destination] = (),
         has_room: Callable[[], bool] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics
         #: Asked before each claim: ``False`` while the spool is below its free-space minimum.
         self.has_room = has_room
         self._deferring = False
@@ -75,6 +81,7 @@ class Worker:
         if state != StudyState.COMPLETE:
             queue.finish_job(self.engine, job.id, self.node_name, JobState.SUPERSEDED, error="study re-opened")
             log.info("event=job_superseded job=%d study=%d", job.id, job.study_pk)
+            self._count("superseded")
             return job.id
         log.info("event=job_started job=%d study=%d attempt=%d", job.id, job.study_pk, job.attempts)
         started = time.monotonic()
@@ -89,6 +96,7 @@ class Worker:
             renewer.stop()
             log.exception("event=job_failed job=%d study=%d", job.id, job.study_pk)
             queue.finish_job(self.engine, job.id, self.node_name, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            self._count("failed")
             return job.id
         renewer.stop()
         result = {**outcome.result, "seconds": round(time.monotonic() - started, 3)}
@@ -99,13 +107,20 @@ class Worker:
             return self._interrupt(job)  # nothing recorded: the job runs again, its files unreferenced
         if finished:
             log.info("event=job_done job=%d study=%d step=%s seconds=%.3f", job.id, job.study_pk, result.get("step"), result["seconds"])
+            self._count("done", result.get("timings_s"))
         else:
             log.warning("event=job_lost job=%d study=%d reason=lease taken over", job.id, job.study_pk)
+            self._count("lost")
         return job.id
+
+    def _count(self, outcome: str, timings_s: dict[str, float] | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.job_finished(outcome, timings_s)
 
     def _interrupt(self, job: queue.ClaimedJob) -> int:
         """The database failed under a running job: queue it again (now, or once the database is back)."""
         log.error("event=job_interrupted job=%d study=%d reason=database unavailable", job.id, job.study_pk)
+        self._count("interrupted")
         with self._interrupted_lock:
             self._interrupted.add(job.id)
         try:

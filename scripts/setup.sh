@@ -17,6 +17,7 @@ need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/npm ] || need_apt+=(npm)
 [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)  # the TLS gateway in front of a DICOMweb PACS in tests
+[ -x /usr/bin/prometheus ] || need_apt+=(prometheus)  # tests/monitoring scrape the console with it
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt"

@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from pacs_node import __version__
 from pacs_node.console.context import NodeView
+from pacs_node.console.monitoring import monitoring_router
 from pacs_node.console.web import install as install_console
 
 
@@ -19,5 +20,7 @@ def create_app(view: NodeView) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "alive"}
+
+    app.include_router(monitoring_router(view))  # /metrics, /readyz
 
     return app

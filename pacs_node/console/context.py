@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
 from pacs_node.config import Settings
 from pacs_node.housekeeping import DiskGuard
 from pacs_node.logs import RecentEvents
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.health import NodeHealth
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class NodeView:
     ``listener_up`` says whether the DICOM listener accepts associations; ``model_loaded``
     whether the analysis model is in memory (``True`` too when analysis is off by configuration).
     ``events`` holds the node's recent log records (``None``: not collected).
+    ``metrics`` and ``health`` back ``/metrics`` and ``/readyz`` (``console/monitoring.py``).
     """
 
     settings: Settings
@@ -29,3 +35,5 @@ class NodeView:
     listener_up: Callable[[], bool]
     model_loaded: Callable[[], bool]
     events: RecentEvents | None = None
+    metrics: NodeMetrics | None = None
+    health: NodeHealth | None = None

@@ -17,6 +17,7 @@ import signal
 import socket
 import threading
 from multiprocessing.sharedctypes import SynchronizedArray
+from pathlib import Path
 
 from pacs_node.config import Settings
 
@@ -33,13 +34,19 @@ def _die_with_parent() -> None:
 
 
 def _receiver_main(
-    settings: Settings, listener: socket.socket, counts: SynchronizedArray, index: int, parent: int
+    settings: Settings, listener: socket.socket, counts: SynchronizedArray, index: int, parent: int,
+    metrics_dir: Path | None = None,
 ) -> None:
     _die_with_parent()
     if os.getppid() != parent:
         return  # the node died before the guard was armed
+    if metrics_dir is not None:  # before anything imports prometheus_client (monitoring/multiprocess.py)
+        from pacs_node.monitoring.multiprocess import use_directory
+
+        use_directory(metrics_dir)
     from pacs_node.db.engine import make_engine
     from pacs_node.logs import configure_logging
+    from pacs_node.monitoring.metrics import NodeMetrics
     from pacs_node.receive.server import AssociationSlots
     from pacs_node.receive.service import build_receiver
     from pacs_node.tls import TLSConfigError
@@ -50,7 +57,8 @@ def _receiver_main(
         signal.signal(signum, lambda *_: stop.set())
     engine = make_engine(settings.storage.database_url)
     try:  # each process builds its own TLS context: an SSLContext cannot be pickled
-        receiver = build_receiver(settings, engine, listener, AssociationSlots(settings.node.max_associations, counts, index))
+        receiver = build_receiver(settings, engine, listener, AssociationSlots(settings.node.max_associations, counts, index),
+                                  NodeMetrics(metrics_dir) if metrics_dir is not None else None)
     except TLSConfigError as exc:  # a certificate file changed since the node started
         log.error("event=receiver_failed process=%d reason=%r", index, str(exc))
         engine.dispose()
@@ -66,10 +74,15 @@ def _receiver_main(
 
 
 class ReceiverProcesses:
-    """Starts, watches and stops the extra receiver processes."""
+    """Starts, watches and stops the extra receiver processes.
 
-    def __init__(self, settings: Settings, listener: socket.socket, counts: SynchronizedArray) -> None:
+    With ``metrics_dir`` (the node's multiprocess metrics directory) they count into it.
+    """
+
+    def __init__(self, settings: Settings, listener: socket.socket, counts: SynchronizedArray,
+                 metrics_dir: Path | None = None) -> None:
         self.settings = settings
+        self.metrics_dir = metrics_dir
         self.listener = listener
         self.counts = counts
         self.count = len(counts) - 1  # entry 0 is the node's own receiver
@@ -80,7 +93,7 @@ class ReceiverProcesses:
     def _spawn(self, index: int) -> None:
         process = self._context.Process(
             target=_receiver_main,
-            args=(self.settings, self.listener, self.counts, index, os.getpid()),
+            args=(self.settings, self.listener, self.counts, index, os.getpid(), self.metrics_dir),
             name=f"pacs-node-receiver-{index}",
             daemon=True,
         )

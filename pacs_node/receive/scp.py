@@ -11,12 +11,15 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pacs_node.receive import upper_layer as ul
 from pacs_node.receive.dimse import Command, MalformedCommand, Request, Status, decode_request, encode_response
 from pacs_node.receive.part10 import file_meta
 from pacs_node.receive.spool import PartialFile, SpoolFull
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class _Store:
         self.context_id = context_id
         self.partial = partial
         self.failure = failure
+        self.received = 0  #: data set bytes received so far
 
 
 class AssociationHandler:
@@ -63,12 +67,14 @@ class AssociationHandler:
         sink: InstanceSink,
         max_pdu: int,
         stopping: threading.Event,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.sock = sock
         self.association = association
         self.sink = sink
         self.max_pdu = max_pdu
         self.stopping = stopping
+        self.metrics = metrics
         self.buffer = bytearray(max_pdu + PDU_SLACK_BYTES)
         self.command = bytearray()
         self.store: _Store | None = None
@@ -176,6 +182,7 @@ class AssociationHandler:
         store = self.store
         if store is None or context_id != store.context_id:
             raise ul.ProtocolError("data set fragment without a matching command")
+        store.received += len(fragment)
         if store.partial is not None:
             try:
                 store.partial.write(fragment)
@@ -195,6 +202,8 @@ class AssociationHandler:
             if result.status == Status.SUCCESS:
                 self.stored += 1
         self._respond(context_id, store.request, result)
+        if self.metrics is not None:
+            self.metrics.store_answered(result.status, store.received)
 
     def _respond(self, context_id: int, request: Request, result: StoreResult) -> None:
         self.sock.sendall(ul.p_data_pdu(context_id, encode_response(request, result.status, result.comment)))

@@ -22,11 +22,15 @@ import ssl
 import threading
 import time
 from multiprocessing.sharedctypes import SynchronizedArray
+from typing import TYPE_CHECKING
 
 from pacs_node.receive import upper_layer as ul
 from pacs_node.receive.policy import AssociationPolicy
 from pacs_node.receive.scp import AssociationHandler, InstanceSink
 from pacs_node.tls import TLS_HANDSHAKE_RECORD, describe_failure, peer_subject
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +94,11 @@ class StorageServer:
         acse_timeout_s: float = 30.0,
         network_timeout_s: float = 120.0,
         tls: ssl.SSLContext | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self.policy = policy
+        #: Counts associations and C-STOREs (``None``: not counted).
+        self.metrics = metrics
         self.tls = tls
         self.sink = sink
         self.slots = slots
@@ -150,6 +157,8 @@ class StorageServer:
                 sock = self._secure(conn, peer, serial)
             if sock is None:
                 outcome = "no association: TLS handshake failed"
+                if self.metrics is not None:
+                    self.metrics.association_rejected("tls_handshake_failed")
             else:
                 outcome = self._associate_and_serve(sock, peer, serial)
         except Exception:  # never let one association take the listener down
@@ -202,6 +211,8 @@ class StorageServer:
             if pdu_type != ul.A_ASSOCIATE_RQ_TYPE or length > ul.MAX_ASSOCIATE_RQ_BYTES:
                 conn.sendall(ul.abort_pdu(source=2, reason=2 if pdu_type != ul.A_ASSOCIATE_RQ_TYPE else 6))
                 log.warning("event=association_aborted assoc=%d peer=%s reason=%s", serial, peer, "unexpected first PDU")
+                if self.metrics is not None:
+                    self.metrics.association_rejected("protocol_error")
                 return "aborted before association"
             body = bytearray(length)
             ul.recv_exact(conn, memoryview(body))
@@ -224,6 +235,8 @@ class StorageServer:
         except ul.ProtocolError as exc:
             conn.sendall(ul.abort_pdu(source=2, reason=0))
             log.warning("event=association_aborted assoc=%d peer=%s reason=%r", serial, peer, str(exc))
+            if self.metrics is not None:
+                self.metrics.association_rejected("protocol_error")
             return "aborted before association"
         conn.sendall(reply)
         if association is None:
@@ -231,13 +244,17 @@ class StorageServer:
                 "event=association_rejected assoc=%d peer=%s calling_ae=%s called_ae=%s reason=%s",
                 serial, peer, calling, called, reason.name if reason else "",
             )
+            if self.metrics is not None:
+                self.metrics.association_rejected(reason.name.lower() if reason else "no_reason")
             return "rejected"
         log.info(
             "event=association_accepted assoc=%d peer=%s calling_ae=%s contexts=%d",
             serial, peer, calling, len(association.contexts),
         )
+        if self.metrics is not None:
+            self.metrics.associations_accepted.inc()
         conn.settimeout(self.network_timeout_s)
-        handler = AssociationHandler(conn, association, self.sink, self.max_pdu, self._stopping)
+        handler = AssociationHandler(conn, association, self.sink, self.max_pdu, self._stopping, self.metrics)
         outcome = handler.run()
         log.info("event=association_ended assoc=%d calling_ae=%s stored=%d outcome=%r", serial, calling, handler.stored, outcome)
         return outcome

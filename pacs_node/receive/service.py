@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -14,6 +15,9 @@ from pacs_node.receive.server import AssociationSlots, StorageServer
 from pacs_node.receive.spool import Spool
 from pacs_node.receive.store import SpoolingSink
 from pacs_node.tls import server_context
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 
 @dataclass
@@ -34,8 +38,9 @@ class Receiver:
         self.spool.close()
 
 
-def build_receiver(settings: Settings, engine: Engine, listener: socket.socket, slots: AssociationSlots) -> Receiver:
-    """Everything one process needs to receive on ``listener``."""
+def build_receiver(settings: Settings, engine: Engine, listener: socket.socket, slots: AssociationSlots,
+                   metrics: NodeMetrics | None = None) -> Receiver:
+    """Everything one process needs to receive on ``listener``, counting into ``metrics``."""
     node = settings.node
     spool = Spool(settings.storage.spool_dir, settings.storage.min_free_mb * 1024 * 1024, node.name)
     sink = SpoolingSink(spool, InstanceRecorder(engine), max_parallel=node.max_associations)
@@ -48,5 +53,6 @@ def build_receiver(settings: Settings, engine: Engine, listener: socket.socket, 
         acse_timeout_s=node.acse_timeout_s,
         network_timeout_s=node.network_timeout_s,
         tls=server_context(node.tls) if node.tls is not None else None,  # built in each receiver process
+        metrics=metrics,
     )
     return Receiver(server, sink, spool)

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from pacs_node.config import Destination, Settings
 from pacs_node.db import deliveries
-from pacs_node.db.models import FailureKind
+from pacs_node.db.models import DeliveryState, FailureKind
 from pacs_node.send.dicomweb import dicomweb_answers
 from pacs_node.send.echo import EchoError, c_echo
 from pacs_node.send.scu import SendOutcome, send_files
 from pacs_node.send.stow import send_stow
+
+if TYPE_CHECKING:
+    from pacs_node.monitoring.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,9 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Delivers report objects to the configured destinations."""
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, metrics: NodeMetrics | None = None) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.settings = settings
         self.spool_root = Path(settings.storage.spool_dir)
         self.worker = settings.node.name
@@ -58,6 +63,9 @@ class Dispatcher:
             probe=_probe_name(destination),
         )
         self._unrecorded = None
+        if self.metrics is not None:
+            outcome_label = {DeliveryState.SENT: "sent", DeliveryState.PENDING: "retry"}.get(state, "failed")
+            self.metrics.deliveries.labels(claimed.destination, outcome_label).inc()
         level = logging.INFO if outcome.failure is None else logging.WARNING
         log.log(
             level,
