@@ -72,11 +72,11 @@ def test_watchdog_is_withheld_while_a_liveness_check_fails(tmp_path: Path) -> No
     healthy = threading.Event()
     stop = threading.Event()
     loop = threading.Thread(target=serve_until, args=(
-        stop, lambda: {"database": None if healthy.is_set() else "no answer within 2 s"}, "up", notifier))
+        stop, lambda: {"scheduler": None if healthy.is_set() else "no timer ran for 31 s"}, "up", notifier))
     loop.start()
     try:
         assert sock.recv(4096) == b"READY=1\nSTATUS=up"
-        assert sock.recv(4096) == b"STATUS=unhealthy, watchdog withheld: database: no answer within 2 s"
+        assert sock.recv(4096) == b"STATUS=unhealthy, watchdog withheld: scheduler: no timer ran for 31 s"
         time.sleep(0.3)  # several intervals: nothing more is sent while it stays unhealthy
         sock.settimeout(0.01)
         with pytest.raises(TimeoutError):
