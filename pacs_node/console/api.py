@@ -15,7 +15,7 @@ from pacs_node.console import actions, queries
 from pacs_node.console.auth import Principal, api_admin, api_user
 from pacs_node.console.context import NodeView
 from pacs_node.console.schemas import (
-    ActionResult, AuditList, AuditRow, DestinationInfo, Event, Me, Overview, StudyDetail, StudyList,
+    ActionResult, AuditList, DestinationInfo, Event, Me, Overview, StudyDetail, StudyList,
 )
 from pacs_node.db import audit
 
@@ -73,7 +73,7 @@ def audit_log(request: Request, user: User, page: Annotated[int, Query(ge=1)] = 
               per_page: Annotated[int, Query(ge=1, le=500)] = 100) -> AuditList:
     """Who did what, newest first."""
     rows, total = audit.recent(_view(request).engine, per_page, (page - 1) * per_page)
-    return AuditList(items=[AuditRow(**vars(r)) for r in rows], total=total, page=page, per_page=per_page)
+    return AuditList(items=rows, total=total, page=page, per_page=per_page)
 
 
 @router.get("/config")

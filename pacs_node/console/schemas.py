@@ -10,6 +10,8 @@ import datetime as dt
 
 from pydantic import BaseModel
 
+from pacs_node.db.audit import Audited
+
 
 class Me(BaseModel):
     name: str
@@ -150,18 +152,8 @@ class DestinationInfo(BaseModel):
     last_sent_at: dt.datetime | None = None
 
 
-class AuditRow(BaseModel):
-    id: int
-    at: str
-    actor: str
-    action: str
-    target: str
-    outcome: str
-    detail: str
-
-
 class AuditList(BaseModel):
-    items: list[AuditRow]
+    items: list[Audited]
     total: int
     page: int
     per_page: int
