@@ -253,11 +253,24 @@ def phantom(
     wide: Annotated[bool, typer.Option("--wide", help=_WIDE_HELP)] = False,
     without: Annotated[list[str] | None, typer.Option("--without", metavar="FAMILY", help=_WITHOUT_HELP)] = None,
     styles: Annotated[str | None, typer.Option("--styles", metavar="A,B", help=_STYLES_HELP)] = None,
+    followup: Annotated[int, typer.Option("--followup", min=0, metavar="N", help="Write each study as a follow-up series of N time points of one patient (patient_0000/t0, t1, ... and followup.json): re-positioned, other breath-hold and protocol, nodules that grow, shrink, resolve or appear. DICOM only.")] = 0,
+    interval_days: Annotated[float, typer.Option("--interval-days", min=1.0, help="With --followup: days between time points.")] = 365.0,
 ) -> None:
     """Generate synthetic chest CT studies with known nodules (ground truth beside them)."""
-    from pacs_node.ml.phantom import generate_studies
+    from pacs_node.ml.phantom import generate_followups, generate_studies
 
     variation = _variation(wide, without, styles)
+    if followup:
+        if fmt != PhantomFormat.dicom:
+            typer.echo("--followup writes DICOM studies only", err=True)
+            raise typer.Exit(2)
+        try:
+            paths = generate_followups(out, studies, seed, followup, interval_days=interval_days, variation=variation)
+        except ValueError as exc:
+            typer.echo(f"bad follow-up: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        typer.echo(f"wrote {len(paths)} follow-up series of {followup} studies under {out}")
+        return
     written = generate_studies(out, studies, seed, fmt.value, variation=variation)
     typer.echo(f"wrote {len(written)} {fmt.value} stud{'y' if len(written) == 1 else 'ies'} under {out}")
 

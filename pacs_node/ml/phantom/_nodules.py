@@ -23,7 +23,7 @@ from pacs_node.ml.phantom._tubes import _capsule_fraction, _Segment
 from pacs_node.ml.phantom.truth import PlantedNodule, Tissue
 from pacs_node.ml.phantom.variation import Variation
 
-__all__ = ["_NoduleSpec", "_draw_nodule_specs", "_place_and_render_nodules"]
+__all__ = ["_NoduleSpec", "_Shape", "_draw_nodule_specs", "_place_and_render_nodules", "_render_nodule"]
 
 
 @dataclass(frozen=True)
@@ -132,13 +132,15 @@ def _place_and_render_nodules(
     canvas: _Canvas, rng: np.random.Generator, specs: list[_NoduleSpec], lung_pts: np.ndarray,
     vessels: list[_Segment], min_diameter: float, *, variation: Variation | None = None, style: str = "classic",
     seed: int = 0, body: _Body | None = None, pose: _Pose | None = None,
+    record: list[tuple[np.ndarray, _NoduleSpec, _Shape]] | None = None,
 ) -> list[PlantedNodule]:
     """Place every nodule (smaller if it does not fit; dropped if it still does not) and draw it.
 
     With the classic variation and style this is the v1 generator (every draw from
     ``rng``).  With the wide nodule family, sites and shapes come from the family's
     streams of ``seed`` (``rng`` is not used); a non-classic style draws its surfaces
-    and textures from its own stream of ``seed``.
+    and textures from its own stream of ``seed``.  ``record`` (classic path only; it
+    draws nothing) receives the centre (world LPS mm), spec and shape of each nodule.
     """
     wide = variation is not None and variation.is_wide("nodules")
     if wide or style != "classic":
@@ -162,6 +164,8 @@ def _place_and_render_nodules(
             continue
         shape = _nodule_shape(rng, spec)
         _render_nodule(canvas, rng, c, spec, shape)
+        if record is not None:
+            record.append((c, spec, shape))
         placed.append((c, spec.diameter / 2.0))
         out.append(
             PlantedNodule(

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from pydicom.uid import generate_uid
 
-from pacs_node.ml.phantom._acquisition import _acquire, _sample_acquisition, _sample_wide_acquisition
+from pacs_node.ml.phantom._acquisition import _Acq, _acquire, _sample_acquisition, _sample_wide_acquisition
 from pacs_node.ml.phantom._airways import _draw_airways, _render_airway_extras
 from pacs_node.ml.phantom._anatomy import _render_base, _render_mediastinum
-from pacs_node.ml.phantom._geometry import _Canvas, _sample_lung_points
+from pacs_node.ml.phantom._geometry import _Canvas, _Grid, _Pose, _sample_lung_points
 from pacs_node.ml.phantom._lungmodel import _LungModel
-from pacs_node.ml.phantom._nodules import _draw_nodule_specs, _place_and_render_nodules
+from pacs_node.ml.phantom._nodules import _draw_nodule_specs, _NoduleSpec, _place_and_render_nodules, _Shape
 from pacs_node.ml.phantom._parenchyma import _draw_parenchyma, _Parenchyma, _render_lesions
 from pacs_node.ml.phantom._pleura import _draw_pleura, _Pleura, _render_plaques
-from pacs_node.ml.phantom._study import _sample_study
+from pacs_node.ml.phantom._study import _Body, _Look, _sample_study
+from pacs_node.ml.phantom._tubes import _Segment
 from pacs_node.ml.phantom._vessels import BRANCHING, _draw_vessels, _render_trees, _render_vessel_ends
 from pacs_node.ml.phantom.truth import NODULE_TYPES, NoduleType, Phantom
 from pacs_node.ml.phantom.variation import FAMILIES, Variation, family_rng, style_rng
@@ -88,6 +90,14 @@ def generate_phantom(
     Phantom
         The study; ``volume_hu`` is ``int16`` HU indexed ``[z, y, x]``.
     """
+    _check_args(seed, n_nodules, nodule_types, diameter_range_mm)
+    anat = _draw_anatomy(seed, shape_zyx, spacing_zyx_mm, variation or Variation.classic())
+    return _finish(anat, n_nodules, nodule_types, diameter_range_mm, keep_labels)
+
+
+def _check_args(seed: int, n_nodules: int | None, nodule_types: Sequence[NoduleType] | None,
+                diameter_range_mm: tuple[float, float]) -> None:
+    """Raise ``ValueError`` on arguments :func:`generate_phantom` refuses."""
     if not 0.0 < diameter_range_mm[0] <= diameter_range_mm[1]:
         raise ValueError(f"diameter_range_mm must be increasing and positive, got {diameter_range_mm}")
     if nodule_types is not None:
@@ -98,7 +108,38 @@ def generate_phantom(
         raise ValueError(f"seed must be >= 0, got {seed}")
     if n_nodules is not None and n_nodules < 0:
         raise ValueError(f"n_nodules must be >= 0, got {n_nodules}")
-    variation = variation or Variation.classic()
+
+
+@dataclass
+class _Anatomy:
+    """A study drawn up to its nodules: the canvas and what the later stages read."""
+
+    seed: int
+    variation: Variation
+    style: str
+    grid: _Grid
+    pose: _Pose
+    body: _Body
+    look: _Look
+    canvas: _Canvas
+    lung_pts: np.ndarray  # world LPS mm
+    vessels: list[_Segment]
+    par: _Parenchyma
+    pleura: _Pleura
+    bronchus_r_min: float
+    mimics: dict[str, int]
+    rng_nod: np.random.Generator
+    rng_acq: np.random.Generator
+    rng_wide_acq: np.random.Generator | None
+
+
+def _draw_anatomy(
+    seed: int,
+    shape_zyx: tuple[int, int, int] | None,
+    spacing_zyx_mm: tuple[float, float, float] | None,
+    variation: Variation,
+) -> _Anatomy:
+    """Everything :func:`generate_phantom` draws before the nodules (same streams, same order)."""
     seq = np.random.SeedSequence(int(seed))
     # the classic streams; each wide family draws from its own (variation.family_rng)
     rng_anat, rng_tree, rng_nod, rng_acq = (np.random.default_rng(s) for s in seq.spawn(4))
@@ -139,18 +180,61 @@ def generate_phantom(
         mimics.update(_render_plaques(canvas, pleura, _child(rng_pl), lung_pts))
     if ends_params is not None and ends is not None and rng_v is not None:
         mimics["vessel_ends"] = _render_vessel_ends(canvas, _child(rng_v), lung_pts, ends, ends_params)
+    return _Anatomy(
+        seed=int(seed), variation=variation, style=style, grid=grid, pose=pose, body=body, look=look, canvas=canvas,
+        lung_pts=lung_pts, vessels=vessels, par=par, pleura=pleura,
+        bronchus_r_min=airways.walls.r_min if airways else look.bronchus_r_min, mimics=mimics,
+        rng_nod=rng_nod, rng_acq=rng_acq, rng_wide_acq=wide["acquisition"],
+    )
+
+
+def _finish(
+    anat: _Anatomy,
+    n_nodules: int | None,
+    nodule_types: Sequence[NoduleType] | None,
+    diameter_range_mm: tuple[float, float],
+    keep_labels: bool,
+    record: list[tuple[np.ndarray, _NoduleSpec, _Shape]] | None = None,
+) -> Phantom:
+    """Plant the nodules and acquire: the rest of :func:`generate_phantom` (consumes the canvas).
+
+    ``record`` (classic nodules only) receives each planted nodule's centre, spec and shape.
+    """
+    seed, variation, style, canvas = anat.seed, anat.variation, anat.style, anat.canvas
+    grid, pose, body = anat.grid, anat.pose, anat.body
+    rng_nod, rng_acq = anat.rng_nod, anat.rng_acq
     specs = _draw_nodule_specs(rng_nod, n_nodules, nodule_types, diameter_range_mm, variation=variation,
                                style=style, seed=seed)
-    nodules = _place_and_render_nodules(canvas, rng_nod, specs, lung_pts, vessels, diameter_range_mm[0],
-                                        variation=variation, style=style, seed=seed, body=body, pose=pose)
+    nodules = _place_and_render_nodules(canvas, rng_nod, specs, anat.lung_pts, anat.vessels, diameter_range_mm[0],
+                                        variation=variation, style=style, seed=seed, body=body, pose=pose,
+                                        record=record)
     acq = _sample_acquisition(rng_acq, grid, pose, body)
     rng_noise = rng_acq
-    if wide["acquisition"] is not None:
-        acq = _sample_wide_acquisition(wide["acquisition"], grid, pose, body)
-        rng_noise = _child(wide["acquisition"])
+    if anat.rng_wide_acq is not None:
+        acq = _sample_wide_acquisition(anat.rng_wide_acq, grid, pose, body)
+        rng_noise = _child(anat.rng_wide_acq)
     volume = _acquire(canvas, body, pose, acq, rng_noise)
     ident = [f"pacs-node-phantom-{int(seed)}"]
-    info: dict[str, float | int | str | bool] = {
+    info = _study_info(anat, grid, pose, acq)
+    return Phantom(
+        volume_hu=volume,
+        spacing_zyx_mm=grid.spacing,
+        origin_xyz_mm=grid.origin,
+        nodules=nodules,
+        seed=int(seed),
+        labels=canvas.lab if keep_labels else None,
+        acquisition=info,
+        study_uid=generate_uid(entropy_srcs=ident + ["study"]),
+        series_uid=generate_uid(entropy_srcs=ident + ["series"]),
+        frame_of_reference_uid=generate_uid(entropy_srcs=ident + ["for"]),
+    )
+
+
+def _study_info(anat: _Anatomy, grid: _Grid, pose: _Pose, acq: _Acq) -> dict[str, float | int | str | bool]:
+    """Study-level parameters for :attr:`Phantom.acquisition` (body, look, pose, acquisition, mimics)."""
+    body, look, par, pleura = anat.body, anat.look, anat.par, anat.pleura
+    style, variation = anat.style, anat.variation
+    return {
         "body_half_width_mm": round(body.W, 1),
         "body_half_depth_mm": round(0.5 * (body.Da + body.Dp), 1),
         "lung_height_mm": round(body.H, 1),
@@ -165,19 +249,7 @@ def generate_phantom(
         "fissure_hu": round(pleura.fissure_amp, 1),
         "pleural_thickening_mm": round(pleura.thick_mm, 2),
         "vessel_density": round(look.vessel_density, 3),
-        "bronchus_r_min_mm": round(airways.walls.r_min if airways else look.bronchus_r_min, 3),
+        "bronchus_r_min_mm": round(anat.bronchus_r_min, 3),
         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in acq.summary().items()},
-        **mimics,
+        **anat.mimics,
     }
-    return Phantom(
-        volume_hu=volume,
-        spacing_zyx_mm=grid.spacing,
-        origin_xyz_mm=grid.origin,
-        nodules=nodules,
-        seed=int(seed),
-        labels=canvas.lab if keep_labels else None,
-        acquisition=info,
-        study_uid=generate_uid(entropy_srcs=ident + ["study"]),
-        series_uid=generate_uid(entropy_srcs=ident + ["series"]),
-        frame_of_reference_uid=generate_uid(entropy_srcs=ident + ["for"]),
-    )

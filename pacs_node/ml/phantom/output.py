@@ -16,9 +16,11 @@ Two layouts:
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,7 @@ import numpy as np
 
 from pacs_node.imaging.luna16 import LUNA16_SUBSET, Luna16Annotation, write_luna16_annotations, write_mhd
 from pacs_node.ml.ct_series import SeriesIdentity, write_ct_series
+from pacs_node.ml.phantom.followup import FollowUp, generate_followup
 from pacs_node.ml.phantom.generate import generate_phantom
 from pacs_node.ml.phantom.truth import Phantom
 from pacs_node.ml.phantom.variation import Variation
@@ -36,6 +39,10 @@ log = logging.getLogger(__name__)
 TRUTH_FILE = "truth.json"
 SERIES_DIR = "series"
 TRUTH_FORMAT = "pacs-node-phantom/1"
+FOLLOWUP_FILE = "followup.json"
+FOLLOWUP_FORMAT = "pacs-node-phantom-followup/1"
+#: study date of a follow-up's baseline (time point ``k`` is ``day`` days later)
+BASELINE_DATE = datetime.date(2026, 1, 1)
 
 StudyFormat = Literal["dicom", "luna16"]
 
@@ -198,4 +205,89 @@ def generate_studies(
     for i, p in phantoms():
         written = write_dicom_study(p, out_dir / f"study_{i:04d}")
         paths.append(written.study_dir)
+    return paths
+
+
+def write_followup(fu: FollowUp, out_dir: Path, baseline_date: datetime.date = BASELINE_DATE) -> Path:
+    """Write a follow-up series: ``out_dir/t0/``, ``t1/`` ... (each as :func:`write_dicom_study`)
+    and ``out_dir/followup.json`` tying them together.
+
+    All studies have the patient of the seed (:func:`default_identity`) and their
+    own study, series and frame-of-reference UIDs; StudyDate is ``baseline_date``
+    plus the time point's day.  Each ``truth.json`` nodule gains its ``lesion_id``, and
+    the file a ``followup`` entry (time point, day, lesions' truth, re-positioning).
+
+    Returns
+    -------
+    Path
+        The ``followup.json`` written.
+    """
+    out_dir = Path(out_dir)
+    entries = []
+    for tp in fu.timepoints:
+        p = tp.phantom
+        date = baseline_date + datetime.timedelta(days=round(tp.day))
+        identity = dataclasses.replace(default_identity(p), study_date=date.strftime("%Y%m%d"),
+                                       accession_number=f"FU{fu.seed % 10**8}T{tp.index}")
+        written = write_dicom_study(p, out_dir / f"t{tp.index}", identity)
+        present = [s for s in tp.lesions if s.diameter_mm is not None]
+        lesions = [s.to_dict() for s in tp.lesions]
+        entry: dict[str, object] = {
+            "index": tp.index, "dir": f"t{tp.index}", "day": tp.day, "study_date": identity.study_date,
+            "study_uid": identity.study_uid, "series_uid": identity.series_uid,
+            "frame_of_reference_uid": identity.frame_of_reference_uid,
+            "spacing_zyx_mm": [float(v) for v in p.spacing_zyx_mm],
+            "slice_thickness_mm": p.acquisition.get("slice_thickness_mm"), "kernel": p.acquisition.get("kernel"),
+            "from_baseline": tp.reposition.to_dict(), "lesions": lesions,
+        }
+        truth = json.loads(written.truth_path.read_text())
+        for d, s in zip(truth["nodules"], present, strict=True):
+            d["lesion_id"] = s.lesion_id
+        truth["followup"] = {k: entry[k] for k in ("index", "day", "from_baseline", "lesions")}
+        written.truth_path.write_text(json.dumps(truth, indent=2) + "\n")
+        entries.append(entry)
+    doc = {
+        "format": FOLLOWUP_FORMAT, "seed": fu.seed, "patient_id": default_identity(fu.timepoints[0].phantom).patient_id,
+        "coordinate_system": "LPS",
+        "transform": "baseline point x is at R @ (D(x) - centre) + centre + shift: from_baseline.matrix_4x4 is the "
+                     "rigid part, D the S-I stretch si_stretch between stretch_floor_z_mm and stretch_apex_z_mm "
+                     "(baseline z; below the floor shifted with it, above the apex unchanged)",
+        "lesions": [{"lesion_id": les.lesion_id, "course": les.course, "vdt_days": les.vdt_days,
+                     "first_timepoint": les.first, "last_timepoint": les.last, "type": les.spec.type,
+                     "margin": les.spec.margin} for les in fu.lesions],
+        "timepoints": entries,
+    }
+    path = out_dir / FOLLOWUP_FILE
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def generate_followups(
+    out_dir: Path,
+    patients: int,
+    seed: int,
+    n_timepoints: int,
+    *,
+    interval_days: float | Sequence[float] = 365.0,
+    shape_zyx: tuple[int, int, int] | None = None,
+    spacing_zyx_mm: tuple[float, float, float] | None = None,
+    variation: Variation | None = None,
+) -> list[Path]:
+    """Generate ``patients`` follow-up series of ``n_timepoints`` studies into
+    ``out_dir/patient_0000/t0/`` ...; patient ``i`` from :func:`study_seed` ``(seed, i)``.
+
+    Returns
+    -------
+    list[Path]
+        The ``followup.json`` files.
+    """
+    if patients < 0:
+        raise ValueError(f"patients must be >= 0, got {patients}")
+    paths = []
+    for i in range(patients):
+        fu = generate_followup(study_seed(seed, i), n_timepoints, interval_days=interval_days, shape_zyx=shape_zyx,
+                               spacing_zyx_mm=spacing_zyx_mm, variation=variation)
+        log.info("event=followup_generated index=%d seed=%d timepoints=%d lesions=%d",
+                 i, fu.seed, n_timepoints, len(fu.lesions))
+        paths.append(write_followup(fu, Path(out_dir) / f"patient_{i:04d}"))
     return paths
