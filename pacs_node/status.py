@@ -8,7 +8,10 @@ import shutil
 from sqlalchemy import Engine, Row, func, select
 
 from pacs_node.config import StorageConfig
-from pacs_node.db.models import Delivery, DeliveryState, DestinationHealth, Instance, Job, JobState, Series, Study
+from pacs_node.db.models import (
+    Delivery, DeliveryState, DestinationHealth, Instance, Job, JobState, PriorRetrieval, Series, Study,
+)
+from pacs_node.db.priors import prior_counts
 from pacs_node.db.retention import spool_usage
 
 
@@ -55,6 +58,16 @@ def _spool_lines(engine: Engine, storage: StorageConfig | None) -> list[str]:
     return lines
 
 
+def _prior_lines(engine: Engine) -> list[str]:
+    """How many studies had a prior (none before the first prior lookup, e.g. with ``[priors]`` off)."""
+    counts = prior_counts(engine)
+    if not any(counts.values()):
+        return []
+    return [f"priors: {counts['found']} studies had a prior, {counts['none']} had none, "
+            f"{counts['unavailable']} could not be looked up; {counts['retrieved']} studies fetched as priors "
+            "(kept, not analysed)"]
+
+
 def render_status(engine: Engine, limit: int = 20, storage: StorageConfig | None = None) -> str:
     """A table of the ``limit`` most recently received studies (no patient data), after the
     spool's free space (with ``storage``) and what it holds."""
@@ -65,6 +78,7 @@ def render_status(engine: Engine, limit: int = 20, storage: StorageConfig | None
                 Study.state,
                 Study.purged_at,
                 Study.last_received_at,
+                Study.study_uid.in_(select(PriorRetrieval.study_uid)).label("prior"),
                 func.count(func.distinct(Series.id)).label("series"),
                 func.count(Instance.id).label("instances"),
             )
@@ -84,6 +98,7 @@ def render_status(engine: Engine, limit: int = 20, storage: StorageConfig | None
     lines = [
         *_spool_lines(engine, storage),
         "jobs: " + (", ".join(f"{state.value}={count}" for state, count in sorted(counts.items())) or "none"),
+        *_prior_lines(engine),
         "",
         f"{'study':>6}  {'state':<10} {'series':>6} {'instances':>9}  {'last received (UTC)':<19}  latest job",
     ]
@@ -91,7 +106,7 @@ def render_status(engine: Engine, limit: int = 20, storage: StorageConfig | None
         received = study.last_received_at.strftime("%Y-%m-%d %H:%M:%S") if study.last_received_at else "-"
         lines.append(
             f"{study.id:>6}  {'purged' if study.purged_at else study.state.value:<10} {study.series:>6} {study.instances:>9}  {received:<19}  "
-            f"{_job_summary(jobs.get(study.id))}"
+            f"{'prior (fetched; not analysed)' if study.prior and study.id not in jobs else _job_summary(jobs.get(study.id))}"
         )
     if not studies:
         lines.append("(no studies received yet)")

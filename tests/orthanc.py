@@ -30,6 +30,9 @@ class Orthanc:
     dicomweb: bool = False
     #: HTTP basic-auth users (name → password); when set, every HTTP request needs one.
     users: dict[str, str] | None = None
+    #: Other DICOM nodes it knows (``DicomModalities``: name → {"AET", "Host", "Port", "AllowFind", ...}),
+    #: e.g. the node as a query/retrieve client.
+    modalities: dict[str, dict] | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout: float = 30) -> None:
@@ -49,6 +52,8 @@ class Orthanc:
             "StableAge": 1,
             "ConcurrentJobs": 1,
         }
+        if self.modalities:
+            config["DicomModalities"] = self.modalities
         if self.tls is not None:
             certificate, key, trusted = self.tls
             config |= {

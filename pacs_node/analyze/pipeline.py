@@ -53,6 +53,8 @@ KEY_IMAGE_SERIES_NUMBER = 9902
 KOS_SERIES_NUMBER = 9903
 GSPS_SERIES_NUMBER = 9904
 SEG_SERIES_NUMBER = 9905
+#: The Manufacturer of every object we make (our earlier SRs are recognised by it and SR_SERIES_NUMBER).
+MANUFACTURER = "pacs-node project"
 
 
 class NoduleDetector(Protocol):
@@ -101,7 +103,7 @@ class Analysis:
         self.detector = detector
         self.spool_root = Path(settings.storage.spool_dir)
         self.algorithm = AlgorithmInfo(detector.name, detector.version, synthetic_data=detector.synthetic_data)
-        self.device = DeviceInfo("pacs-node project", "pacs-node", __version__, settings.node.name)
+        self.device = DeviceInfo(MANUFACTURER, "pacs-node", __version__, settings.node.name)
         #: Objects beyond the SR and key images that some destination receives.
         self.extra_kinds = [
             kind for kind in (ObjectKind.KOS, ObjectKind.GSPS, ObjectKind.SEG)

@@ -11,6 +11,7 @@ from pacs_node.config.destinations import Destination, DestinationTLS, ObjectNam
 from pacs_node.config.loading import (
     ENV_DATABASE_URL, ENV_PORT, ENV_SPOOL_DIR, ConfigError, load_settings, redacted_database_url,
 )
+from pacs_node.config.priors import PriorSource, PriorsConfig
 from pacs_node.config.sections import (
     AllowedCaller, AnalysisConfig, CompletionConfig, ConsoleConfig, ConsoleTLS, LoggingConfig, NodeConfig, NodeTLS,
     RetentionConfig, Settings, StorageConfig, WorkerConfig,
@@ -19,6 +20,6 @@ from pacs_node.config.sections import (
 __all__ = [
     "ENV_DATABASE_URL", "ENV_PORT", "ENV_SPOOL_DIR", "AllowedCaller", "AnalysisConfig", "CompletionConfig",
     "ConfigError", "ConsoleConfig", "ConsoleTLS", "Destination", "DestinationTLS", "LoggingConfig", "NodeConfig",
-    "NodeTLS", "ObjectName", "RetentionConfig", "SendingConfig", "Settings", "StorageConfig", "WorkerConfig",
+    "NodeTLS", "ObjectName", "PriorSource", "PriorsConfig", "RetentionConfig", "SendingConfig", "Settings", "StorageConfig", "WorkerConfig",
     "load_settings", "redacted_database_url",
 ]

@@ -60,6 +60,9 @@ def _resolve_paths(raw: dict, base: Path) -> dict:
            "console": _resolve_tls_files(raw.get("console", {}), base)}
     if isinstance(raw.get("destinations"), list):
         raw["destinations"] = [_resolve_destination_files(item, base) for item in raw["destinations"]]
+    priors = raw.get("priors")
+    if isinstance(priors, dict) and isinstance(priors.get("sources"), list):
+        raw["priors"] = {**priors, "sources": [_resolve_tls_files(item, base) for item in priors["sources"]]}
     analysis = dict(raw.get("analysis", {}))
     models = Path(analysis.get("models_dir", str(AnalysisConfig().models_dir)))
     analysis["models_dir"] = str(models if models.is_absolute() else (base / models).resolve())

@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pacs_node.config._base import AETitle, Port, TLSVersion, check_ae_title, Section
 from pacs_node.config.destinations import Destination, SendingConfig
+from pacs_node.config.priors import PriorsConfig
 
 
 class AllowedCaller(Section):
@@ -185,6 +186,7 @@ class Settings(Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    priors: PriorsConfig = Field(default_factory=PriorsConfig)
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Settings:

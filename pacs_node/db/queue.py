@@ -13,12 +13,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
 
 from pacs_node.config import Destination
 from pacs_node.db.deliveries import ObjectRow, insert_deliveries, insert_objects
 from pacs_node.db.ingest import TOUCH_INTERVAL_S
-from pacs_node.db.models import Job, JobState, Study, StudyState, utcnow
+from pacs_node.db.models import Job, JobState, PriorRetrieval, Study, StudyState, utcnow
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,9 @@ def complete_quiet_studies(engine: Engine, quiet_period_s: float, now: dt.dateti
     """Mark studies with no instance for the quiet period complete and queue a job each.
 
     Queued jobs of the same study that did not start are superseded by the new one.
-    Returns the ids of the studies completed by this call.
+    A study fetched as a prior (a ``prior_retrievals`` row with its UID) is completed
+    without a job: it is compared against, never analysed as a new study.
+    Returns the ids of the studies completed by this call (priors included).
     """
     now = now or utcnow()
     cutoff = now - dt.timedelta(seconds=quiet_period_s + TOUCH_INTERVAL_S)
@@ -57,7 +59,12 @@ def complete_quiet_studies(engine: Engine, quiet_period_s: float, now: dt.dateti
                 .where(Job.study_pk == study_pk, Job.state == JobState.QUEUED)
                 .values(state=JobState.SUPERSEDED, finished_at=now)
             )
-            connection.execute(insert(Job).values(study_pk=study_pk, state=JobState.QUEUED, created_at=now, attempts=0))
+            fetched_as_prior = connection.scalar(
+                select(exists().where(PriorRetrieval.study_uid == Study.study_uid, Study.id == study_pk))
+            )
+            if not fetched_as_prior:
+                connection.execute(
+                    insert(Job).values(study_pk=study_pk, state=JobState.QUEUED, created_at=now, attempts=0))
         completed.append(study_pk)
     return completed
 

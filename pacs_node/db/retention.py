@@ -8,6 +8,10 @@ A study's files may go once
     delivery's ``sent_at``, or for a failed delivery the time its last attempt was due
     (within one poll interval and one send timeout of the failure).
 
+A study fetched as a prior has no job of its own: its files may go once it is complete
+and ``keep_s`` have passed since it was completed and since the last job that looked it
+up as a prior (``prior_lookups``), so a prior is kept while studies compare against it.
+
 Rows are never deleted (audit): ``purged_at`` on the study, its instances and, when
 reports are not kept, its report objects says which files are gone.  Marking is one
 guarded transaction, so of several node processes one purges a study, and a study that
@@ -30,6 +34,8 @@ from pacs_node.db.models import (
     Instance,
     Job,
     JobState,
+    PriorLookup,
+    PriorRetrieval,
     ReportObject,
     Series,
     Study,
@@ -59,7 +65,11 @@ def _eligible(cutoff: dt.datetime) -> ColumnElement[bool]:
             and_(Delivery.sent_at.is_(None), Delivery.next_attempt_at >= cutoff),
         )
     )
-    return and_(Study.state == StudyState.COMPLETE, Study.purged_at.is_(None), latest_finished, ~unsettled)
+    retrieved = exists().where(PriorRetrieval.study_uid == Study.study_uid)
+    still_compared = exists().where(PriorLookup.prior_study_uid == Study.study_uid, PriorLookup.created_at >= cutoff)
+    prior_settled = and_(retrieved, Study.completed_at < cutoff, ~still_compared)
+    return and_(Study.state == StudyState.COMPLETE, Study.purged_at.is_(None),
+                or_(and_(~retrieved, latest_finished, ~unsettled), prior_settled))
 
 
 def purgeable_studies(

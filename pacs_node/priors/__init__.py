@@ -1,0 +1,6 @@
+"""Follow-up CT, first slice: find the prior study of a completed study, fetch it, record it.
+
+:mod:`~pacs_node.priors.query` asks a source (C-FIND), :mod:`~pacs_node.priors.retrieve`
+fetches the prior (C-GET or C-MOVE) into the spool, :mod:`~pacs_node.priors.lookup` does
+both for one job and :mod:`~pacs_node.priors.job` time-boxes it around the analysis.
+"""

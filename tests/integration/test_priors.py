@@ -1,0 +1,202 @@
+"""Finding and fetching the prior (issue 12, first slice): Orthanc as the query/retrieve source.
+
+The node runs with analysis off (pass-through): the prior is looked up by the job either way.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from pacs_node.analyze.pipeline import SR_SERIES_NUMBER
+from pacs_node.config import Destination
+from pacs_node.db.models import Instance, Job, JobState, PriorLookup, PriorRetrieval, RetrievalState, Series, Study
+from pacs_node.report.identity import ObjectIdentity
+from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
+from pacs_node.send.scu import send_files
+from pacs_node.status import render_status
+from tests.conftest import RunningNode, free_port, make_series, storescu, wait_until
+from tests.orthanc import Orthanc
+
+pytestmark = pytest.mark.integration
+
+PATIENT = "PRIOR-PAT-0042"
+NODE_AE = "PACS_NODE"
+
+
+def _orthanc(tmp_path: Path, node_port: int) -> Orthanc:
+    node = {"AET": NODE_AE, "Host": "127.0.0.1", "Port": node_port, "AllowEcho": True, "AllowFind": True,
+            "AllowGet": True, "AllowMove": True, "AllowStore": True}
+    server = Orthanc(tmp_path / "orthanc", dicom_port=free_port(), http_port=free_port(), modalities={"node": node})
+    server.start()
+    return server
+
+
+@pytest.fixture
+def pacs(tmp_path: Path):  # noqa: ANN201
+    """Orthanc that knows the node (AE title and the port it will listen on) for find, get and move."""
+    port = free_port()
+    server = _orthanc(tmp_path, port)
+    yield server, port
+    server.stop()
+
+
+def _priors(source: dict, **extra: object) -> dict:
+    return {"priors": {"enabled": True, "query_timeout_s": 5, "retrieve_timeout_s": 10, "max_wait_s": 20, **extra,
+                       "sources": [source]}}
+
+
+def _source(server: Orthanc, **extra: object) -> dict:
+    return {"name": "orthanc", "ae_title": server.ae_title, "host": "127.0.0.1", "port": server.dicom_port, **extra}
+
+
+def _push_to_pacs(server: Orthanc, files: list[Path]) -> None:
+    assert storescu(server.dicom_port, files, called_ae=server.ae_title).returncode == 0
+
+
+def _our_sr(series: list[Path], out: Path) -> Path:
+    """An SR of ours in the prior study, as an earlier analysis would have sent it."""
+    source = [pydicom.dcmread(path) for path in series]
+    sr = build_report(source, [], outcome=ReportOutcome.analysed(),
+                      algorithm=AlgorithmInfo("pacs-node-test-detector", "0.0.1", synthetic_data=True),
+                      device=DeviceInfo("pacs-node project", "pacs-node", "0.1.0", "test-node"),
+                      identity=ObjectIdentity.fresh(SR_SERIES_NUMBER))
+    sr.save_as(out, enforce_file_format=True)
+    return out
+
+
+def _job_result(node: RunningNode, study_uid: str, timeout: float = 40) -> dict:
+    engine = create_engine(node.database_url)
+
+    def done() -> str | None:
+        with engine.connect() as connection:
+            return connection.scalar(
+                select(Job.result).join(Study, Study.id == Job.study_pk)
+                .where(Study.study_uid == study_uid, Job.state == JobState.DONE))
+
+    try:
+        return json.loads(wait_until(done, timeout=timeout, interval=0.2))
+    finally:
+        engine.dispose()
+
+
+def test_prior_is_found_fetched_kept_apart_and_not_analysed(pacs, node_factory, tmp_path: Path) -> None:
+    server, port = pacs
+    prior = make_series(tmp_path / "prior", slices=12, patient_id=PATIENT, study_date="20250102")
+    older = make_series(tmp_path / "older", slices=6, seed=1, patient_id=PATIENT, study_date="20240105")
+    stranger = make_series(tmp_path / "stranger", slices=4, seed=2, patient_id="SOMEONE-ELSE", study_date="20251201")
+    sr_path = _our_sr(prior, tmp_path / "our-sr.dcm")
+    for files in (prior, older, stranger):
+        _push_to_pacs(server, files)
+    destination = Destination(name="orthanc", ae_title=server.ae_title, host="127.0.0.1", port=server.dicom_port)
+    assert send_files(destination, [sr_path], "STORESCU", 10).failure is None  # storescu has no 3D SR context
+    prior_uid = str(pydicom.dcmread(prior[0]).StudyInstanceUID)
+    sr = pydicom.dcmread(sr_path)
+
+    node = node_factory(node={"port": port}, **_priors(_source(server)))
+    current = make_series(tmp_path / "current", slices=12, seed=3, patient_id=PATIENT, study_date="20260105")
+    assert storescu(node.port, current).returncode == 0
+    result = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))
+
+    found = result["prior"]
+    assert found["status"] == "found", found
+    assert found["study_uid"] == prior_uid, "the most recent earlier CT study of the same patient"
+    assert found["study_date"] == "20250102"
+    assert found["series_uid"] == str(pydicom.dcmread(prior[0]).SeriesInstanceUID)
+    assert found["instances"] == 12
+    assert found["our_sr_uid"] == str(sr.SOPInstanceUID)
+    assert result["step"] == "pass-through", "the current study itself is analysed as before"
+
+    engine = create_engine(node.database_url)
+    time.sleep(3)  # several quiet periods and sweeps: the prior study is complete by now
+    with engine.connect() as connection:
+        study = connection.execute(select(Study.id, Study.state).where(Study.study_uid == prior_uid)).one()
+        assert study.state.value == "complete"
+        assert connection.scalar(select(func.count()).select_from(Job).where(Job.study_pk == study.id)) == 0, \
+            "a fetched prior is never queued for analysis"
+        paths = connection.scalars(select(Instance.path).join(Series).where(Series.study_pk == study.id)).all()
+        assert len(paths) == 13, "the CT series and our SR"
+        retrieval = connection.execute(
+            select(PriorRetrieval.study_uid, PriorRetrieval.state, PriorRetrieval.method)).one()
+        assert tuple(retrieval) == (prior_uid, RetrievalState.DONE, "get")
+        link = connection.execute(select(PriorLookup.prior_study_uid, PriorLookup.our_sr_series_uid)).one()
+        assert tuple(link) == (prior_uid, str(sr.SeriesInstanceUID))
+    assert all((node.spool / path).is_file() for path in paths)
+    assert "priors: 1 studies had a prior" in render_status(engine)
+    assert "prior (fetched; not analysed)" in render_status(engine)
+    engine.dispose()
+    log = node.output()
+    assert "event=prior_lookup" in log and "status=found" in log
+    for secret in (PATIENT, prior_uid, str(sr.SOPInstanceUID)):
+        assert secret not in log, "no patient data or UIDs in the log at INFO"
+
+    # The prior is in the database now: a second follow-up does not fetch it again.
+    again = make_series(tmp_path / "again", slices=12, seed=4, patient_id=PATIENT, study_date="20260105")
+    assert storescu(node.port, again).returncode == 0
+    second = _job_result(node, str(pydicom.dcmread(again[0]).StudyInstanceUID))["prior"]
+    assert (second["status"], second["study_uid"], second["instances"]) == ("found", prior_uid, 12)
+    assert "not fetched again" in second["reason"]
+
+
+def test_no_prior_in_pacs(pacs, node_factory, tmp_path: Path) -> None:
+    server, port = pacs
+    _push_to_pacs(server, make_series(tmp_path / "stranger", slices=4, patient_id="SOMEONE-ELSE", study_date="20250101"))
+    node = node_factory(node={"port": port}, **_priors(_source(server)))
+    current = make_series(tmp_path / "current", slices=8, seed=3, patient_id=PATIENT, study_date="20260105")
+    assert storescu(node.port, current).returncode == 0
+    found = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))["prior"]
+    assert found["status"] == "none" and found["study_uid"] is None
+    assert "no earlier CT study" in found["reason"]
+
+
+def test_pacs_down_is_recorded_and_does_not_hold_the_job(pacs, node_factory, tmp_path: Path) -> None:
+    server, port = pacs
+    server.stop()
+    node = node_factory(node={"port": port}, **_priors(_source(server)))
+    current = make_series(tmp_path / "current", slices=8, patient_id=PATIENT, study_date="20260105")
+    assert storescu(node.port, current).returncode == 0
+    result = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))
+    assert result["prior"]["status"] == "unavailable"
+    assert "orthanc: no association: connection refused" in result["prior"]["reason"]
+    assert result["seconds"] < 20
+
+
+def test_a_source_that_never_answers_is_given_up_after_max_wait_s(node_factory, tmp_path: Path) -> None:
+    """A PACS that accepts the connection and then says nothing: the job waits max_wait_s, no longer."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        source = {"name": "silent", "ae_title": "SILENT", "host": "127.0.0.1", "port": silent.getsockname()[1]}
+        node = node_factory(**{"priors": {"enabled": True, "query_timeout_s": 60, "max_wait_s": 2,
+                                          "sources": [source]}})
+        current = make_series(tmp_path / "current", slices=8, patient_id=PATIENT, study_date="20260105")
+        assert storescu(node.port, current).returncode == 0
+        result = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))
+    assert result["prior"]["status"] == "unavailable"
+    assert "max_wait_s (2 s)" in result["prior"]["reason"]
+    assert result["seconds"] < 2 + 6
+
+
+def test_prior_fetched_with_c_move_to_the_listener(pacs, node_factory, tmp_path: Path) -> None:
+    server, port = pacs
+    prior = make_series(tmp_path / "prior", slices=10, patient_id=PATIENT, study_date="20250102")
+    _push_to_pacs(server, prior)
+    prior_uid = str(pydicom.dcmread(prior[0]).StudyInstanceUID)
+    node = node_factory(node={"port": port}, **_priors(_source(server, retrieve="move")))
+    current = make_series(tmp_path / "current", slices=8, seed=3, patient_id=PATIENT, study_date="20260105")
+    assert storescu(node.port, current).returncode == 0
+    found = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))["prior"]
+    assert (found["status"], found["study_uid"], found["instances"]) == ("found", prior_uid, 10)
+    engine = create_engine(node.database_url)
+    time.sleep(3)
+    with engine.connect() as connection:
+        study_pk = connection.scalar(select(Study.id).where(Study.study_uid == prior_uid))
+        assert connection.scalar(select(func.count()).select_from(Job).where(Job.study_pk == study_pk)) == 0
+        assert connection.scalar(select(PriorRetrieval.method)) == "move"
+    engine.dispose()
