@@ -81,12 +81,12 @@ class Node:
             log.warning("event=metrics_single_process reason=no multiprocess directory: "
                         "the extra receiver processes' counts are left out of /metrics")
         runner = runner or _job_runner(settings)
+        #: The analysis model is in memory, or analysis is off so none is needed.
+        self.model_loaded = not settings.analysis.enabled or getattr(runner, "detector", None) is not None
         if settings.priors.enabled:
             from pacs_node.priors.job import WithPriors
 
             runner = WithPriors(runner, settings)
-        #: The analysis model is in memory, or analysis is off so none is needed.
-        self.model_loaded = not settings.analysis.enabled or getattr(runner, "detector", None) is not None
         self.engine = make_engine(settings.storage.database_url)
         upgrade(self.engine)
         removed = Spool(settings.storage.spool_dir, node_name=settings.node.name).clean_incoming()
