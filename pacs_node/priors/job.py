@@ -36,11 +36,6 @@ class WithPriors:
         self.finder = finder or PriorFinder(settings)
         self.max_wait_s = settings.priors.max_wait_s
 
-    @property
-    def detector(self) -> object | None:
-        """The wrapped runner's detector (the node reports whether a model is loaded)."""
-        return getattr(self.runner, "detector", None)
-
     def __call__(self, engine: Engine, job: ClaimedJob) -> JobOutcome:
         deadline = time.monotonic() + self.max_wait_s
         cancel = Cancel()

@@ -91,3 +91,23 @@ def test_spool_check_needs_a_writable_folder(tmp_path: Path) -> None:
     assert spool_writable(tmp_path) is None
     assert os.listdir(tmp_path) == []
     assert spool_writable(tmp_path / "missing").startswith(f"cannot write to {tmp_path / 'missing'}")
+
+
+def test_the_model_check_sees_the_detector_behind_the_prior_lookup(tmp_path: Path) -> None:
+    """With ``[priors]`` on, the analysis job is wrapped; the loaded model still counts."""
+    from pacs_node.analyze.pipeline import Analysis
+    from pacs_node.config import load_settings
+    from pacs_node.node import Node
+    from tests.analyze.test_pipeline import TruthDetector
+    from tests.conftest import write_config
+
+    config = write_config(tmp_path, free_port(), f"sqlite:///{tmp_path / 'node.db'}", console={"enabled": True, "port": 0},
+                          priors={"enabled": True, "sources": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                                                                "port": free_port()}]})
+    settings = load_settings(config)
+    node = Node(settings, runner=Analysis(settings, TruthDetector([])))
+    node.start()
+    try:
+        assert node.health.readiness()["model"] is None
+    finally:
+        node.stop()
