@@ -64,8 +64,8 @@ class Worker:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.stopping = threading.Event()
-        #: Jobs this worker holds that the database went away under; re-queued once it is back.
-        self._interrupted: set[int] = set()
+        #: Claims this worker holds whose database went away under them; re-queued once it is back.
+        self._interrupted: set[queue.ClaimedJob] = set()
         self._interrupted_lock = threading.Lock()
 
     def run_once(self) -> int | None:
@@ -79,13 +79,13 @@ class Worker:
         with self.engine.connect() as connection:
             state = connection.scalar(select(Study.state).where(Study.id == job.study_pk))
         if state != StudyState.COMPLETE:
-            queue.finish_job(self.engine, job.id, self.node_name, JobState.SUPERSEDED, error="study re-opened")
+            queue.finish_job(self.engine, job, self.node_name, JobState.SUPERSEDED, error="study re-opened")
             log.info("event=job_superseded job=%d study=%d", job.id, job.study_pk)
             self._count("superseded")
             return job.id
         log.info("event=job_started job=%d study=%d attempt=%d", job.id, job.study_pk, job.attempts)
         started = time.monotonic()
-        renewer = _LeaseRenewer(self, job.id)
+        renewer = _LeaseRenewer(self, job)
         renewer.start()
         try:
             outcome = self.runner(self.engine, job)
@@ -95,13 +95,13 @@ class Worker:
         except Exception as exc:
             renewer.stop()
             log.exception("event=job_failed job=%d study=%d", job.id, job.study_pk)
-            queue.finish_job(self.engine, job.id, self.node_name, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            queue.finish_job(self.engine, job, self.node_name, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
             self._count("failed")
             return job.id
         renewer.stop()
         result = {**outcome.result, "seconds": round(time.monotonic() - started, 3)}
         try:
-            finished = queue.finish_job(self.engine, job.id, self.node_name, JobState.DONE, result=result,
+            finished = queue.finish_job(self.engine, job, self.node_name, JobState.DONE, result=result,
                                         objects=outcome.objects, destinations=self.destinations)
         except OperationalError:
             return self._interrupt(job)  # nothing recorded: the job runs again, its files unreferenced
@@ -122,7 +122,7 @@ class Worker:
         log.error("event=job_interrupted job=%d study=%d reason=database unavailable", job.id, job.study_pk)
         self._count("interrupted")
         with self._interrupted_lock:
-            self._interrupted.add(job.id)
+            self._interrupted.add(job)
         try:
             self._requeue_interrupted()
         except OperationalError:
@@ -131,12 +131,12 @@ class Worker:
 
     def _requeue_interrupted(self) -> None:
         with self._interrupted_lock:
-            pending = sorted(self._interrupted)
-        for job_id in pending:
-            if queue.release_job(self.engine, job_id, self.node_name):
-                log.info("event=job_requeued job=%d reason=interrupted by database outage", job_id)
+            pending = sorted(self._interrupted, key=lambda claimed: claimed.id)
+        for job in pending:
+            if queue.release_job(self.engine, job, self.node_name):
+                log.info("event=job_requeued job=%d reason=interrupted by database outage", job.id)
             with self._interrupted_lock:
-                self._interrupted.discard(job_id)
+                self._interrupted.discard(job)
 
     def _room_for_reports(self) -> bool:
         """Whether to claim now; logs once when jobs start and stop waiting for disk space."""
@@ -153,11 +153,11 @@ class Worker:
 class _LeaseRenewer:
     """Renews a job's lease every third of its length while the job runs."""
 
-    def __init__(self, worker: Worker, job_id: int) -> None:
+    def __init__(self, worker: Worker, job: queue.ClaimedJob) -> None:
         self.worker = worker
-        self.job_id = job_id
+        self.job = job
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.id}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -165,9 +165,14 @@ class _LeaseRenewer:
     def _run(self) -> None:
         while not self._done.wait(self.worker.lease_s / 3):
             try:
-                queue.renew_lease(self.worker.engine, self.job_id, self.worker.node_name, self.worker.lease_s)
+                held = queue.renew_lease(self.worker.engine, self.job, self.worker.node_name, self.worker.lease_s)
             except OperationalError:  # a database outage must not end the renewals of a running job
-                log.warning("event=lease_renewal_failed job=%d reason=database unavailable", self.job_id)
+                log.warning("event=lease_renewal_failed job=%d reason=database unavailable", self.job.id)
+                continue
+            if not held:  # its result will be refused; the attempt that holds the job now reports it
+                log.warning("event=lease_lost job=%d attempt=%d reason=lease ran out and the job was taken over",
+                            self.job.id, self.job.attempts)
+                return
 
     def stop(self) -> None:
         self._done.set()

@@ -170,11 +170,13 @@ def record_outcome(
     reason: str,
     sending: SendingConfig,
     probe: str = "C-ECHO",
-) -> DeliveryState:
+) -> DeliveryState | None:
     """Move a claimed delivery to sent, back to pending with a later attempt, or failed.
 
     Also keeps the destination's breaker: a success closes it, a transient failure
     counts towards opening it (``probe``: what it is then probed with, for the log).
+    Returns ``None`` and records nothing when the claim no longer holds the delivery
+    (its lease ran out and another attempt took it over: that one reports).
     """
     now = utcnow()
     if failure is None:
@@ -190,11 +192,14 @@ def record_outcome(
         delay = dt.timedelta(seconds=retry_delay_s(delivery.attempts, sending))
         state, values = DeliveryState.PENDING, {"failure": failure, "last_error": reason, "next_attempt_at": now + delay}
     with engine.begin() as connection:
-        connection.execute(
+        held = connection.execute(
             update(Delivery)
-            .where(Delivery.id == delivery.id, Delivery.claimed_by == worker)
+            .where(Delivery.id == delivery.id, Delivery.state == DeliveryState.SENDING,
+                   Delivery.claimed_by == worker, Delivery.attempts == delivery.attempts)
             .values(state=state, claimed_by=None, lease_expires_at=None, **values)
-        )
+        ).rowcount == 1
+        if not held:
+            return None
         _update_health(connection, delivery.destination, failure, reason, sending, now, probe)
     return state
 

@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, exists, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Engine, and_, exists, func, insert, or_, select, update
 
 from pacs_node.config import Destination
 from pacs_node.db.deliveries import ObjectRow, insert_deliveries, insert_objects
@@ -114,13 +114,24 @@ def claim_job(engine: Engine, worker: str, lease_s: float, max_attempts: int) ->
             )
 
 
-def renew_lease(engine: Engine, job_id: int, worker: str, lease_s: float) -> bool:
-    """Extend a running job's lease; ``False`` if this worker no longer holds it."""
+def _held(job: ClaimedJob, worker: str) -> ColumnElement[bool]:
+    """The fence: the job still runs under this claim (same holder, same attempt).
+
+    The attempt number tells a worker that was paused past its lease apart from the one
+    that took the job over, even when both carry the same name (worker threads of one node,
+    or a node restarted under its old name).
+    """
+    return and_(Job.id == job.id, Job.state == JobState.RUNNING, Job.claimed_by == worker,
+                Job.attempts == job.attempts)
+
+
+def renew_lease(engine: Engine, job: ClaimedJob, worker: str, lease_s: float) -> bool:
+    """Extend a running job's lease; ``False`` if this claim no longer holds it."""
     with engine.begin() as connection:
         return (
             connection.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+                .where(_held(job, worker))
                 .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
             ).rowcount
             == 1
@@ -129,7 +140,7 @@ def renew_lease(engine: Engine, job_id: int, worker: str, lease_s: float) -> boo
 
 def finish_job(
     engine: Engine,
-    job_id: int,
+    job: ClaimedJob,
     worker: str,
     state: JobState,
     result: dict | None = None,
@@ -139,13 +150,14 @@ def finish_job(
 ) -> bool:
     """Record a job's outcome, its objects and their deliveries in one transaction.
 
-    Returns ``False`` (and records nothing) if this worker no longer held the job.
+    Returns ``False`` (and records nothing) if this claim no longer held the job: its lease
+    ran out and the job was requeued or taken over by another attempt.
     """
     with engine.begin() as connection:
         held = (
             connection.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+                .where(_held(job, worker))
                 .values(
                     state=state,
                     finished_at=utcnow(),
@@ -157,19 +169,19 @@ def finish_job(
             == 1
         )
         if held and objects:
-            insert_objects(connection, job_id, objects)
-            insert_deliveries(connection, job_id, destinations)
+            insert_objects(connection, job.id, objects)
+            insert_deliveries(connection, job.id, destinations)
         return held
 
 
-def release_job(engine: Engine, job_id: int, worker: str) -> bool:
-    """Put a job that ``worker`` holds back in the queue (it was interrupted, not failed);
-    ``False`` if the worker no longer held it."""
+def release_job(engine: Engine, job: ClaimedJob, worker: str) -> bool:
+    """Put a job that this claim holds back in the queue (it was interrupted, not failed);
+    ``False`` if the claim no longer held it."""
     with engine.begin() as connection:
         return (
             connection.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.state == JobState.RUNNING, Job.claimed_by == worker)
+                .where(_held(job, worker))
                 .values(state=JobState.QUEUED, claimed_by=None, lease_expires_at=None)
             ).rowcount
             == 1

@@ -63,6 +63,11 @@ class Dispatcher:
             probe=_probe_name(destination),
         )
         self._unrecorded = None
+        if state is None:
+            log.warning("event=delivery_lost delivery=%d job=%d destination=%s attempt=%d "
+                        "reason=lease ran out and another attempt took it over", claimed.id, claimed.job_pk,
+                        claimed.destination, claimed.attempts)
+            return
         if self.metrics is not None:
             outcome_label = {DeliveryState.SENT: "sent", DeliveryState.PENDING: "retry"}.get(state, "failed")
             self.metrics.deliveries.labels(claimed.destination, outcome_label).inc()

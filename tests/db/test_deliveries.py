@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 
 from sqlalchemy import select
@@ -28,7 +29,7 @@ def _done_job_with_objects(url: str):  # noqa: ANN202
     import datetime as dt
     queue.complete_quiet_studies(engine, 1, now=utcnow() + dt.timedelta(seconds=10))
     job = queue.claim_job(engine, "w", 600, 3)
-    queue.finish_job(engine, job.id, "w", JobState.DONE, result={})
+    queue.finish_job(engine, job, "w", JobState.DONE, result={})
     deliveries.record_objects(engine, job.id, [
         (ObjectKind.SR, "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.9.1", "reports/sr.dcm"),
         (ObjectKind.KEY_IMAGE, "1.2.840.10008.5.1.4.1.1.7", "1.2.3.9.2", "reports/sc1.dcm"),
@@ -122,3 +123,22 @@ def test_retry_delay_is_capped_and_jittered() -> None:
     assert 24 <= delays[0] <= 36
     assert all(d <= 1800 * 1.2 for d in delays)
     assert delays[-1] >= 1800 * 0.8
+
+
+def test_a_delivery_claim_whose_lease_was_taken_over_records_nothing(database_url: str) -> None:
+    """Fencing: the late outcome of a sender paused past its lease is refused; the attempt
+    that took the delivery over reports, and the breaker counts only its answer."""
+    engine, job = _done_job_with_objects(database_url)
+    deliveries.queue_deliveries(engine, job, [PACS])
+    stale = deliveries.claim_delivery(engine, "w")
+    with engine.begin() as connection:  # its lease runs out while it hangs
+        connection.execute(Delivery.__table__.update().values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+    current = deliveries.claim_delivery(engine, "w")
+    assert current is not None and (current.id, current.attempts) == (stale.id, 2)
+    assert deliveries.record_outcome(engine, stale, "w", FailureKind.PERMANENT, "late refusal", SENDING) is None
+    assert deliveries.record_outcome(engine, current, "w", None, "", SENDING) == DeliveryState.SENT
+    assert deliveries.record_outcome(engine, stale, "w", FailureKind.TRANSIENT, "late", SENDING) is None
+    with engine.connect() as connection:
+        row = connection.execute(select(Delivery.state, Delivery.last_error, Delivery.attempts)).one()
+    assert (row.state, row.last_error, row.attempts) == (DeliveryState.SENT, None, 2)
+    engine.dispose()

@@ -95,8 +95,28 @@ def test_claim_finish_and_requeue_after_restart(database_url: str) -> None:
     assert queue.requeue_abandoned(engine, worker="node-a") == 1
     again = queue.claim_job(engine, "node-a", lease_s=600, max_attempts=3)
     assert again is not None and again.id == job.id and again.attempts == 2
-    assert queue.finish_job(engine, job.id, "node-b", JobState.DONE) is False
-    assert queue.finish_job(engine, job.id, "node-a", JobState.DONE, result={"step": "x"}) is True
+    assert queue.finish_job(engine, again, "node-b", JobState.DONE) is False
+    assert queue.finish_job(engine, again, "node-a", JobState.DONE, result={"step": "x"}) is True
+    engine.dispose()
+
+
+def test_a_claim_whose_lease_was_taken_over_cannot_renew_release_or_finish(database_url: str) -> None:
+    """Fencing: a worker paused past its lease (same name: a thread of the same node) meets
+    the attempt that took the job over, and only the newer attempt's result counts."""
+    engine = _one_queued_job(database_url)
+    stale = queue.claim_job(engine, "node-a", lease_s=-1, max_attempts=3)
+    assert stale is not None and queue.requeue_abandoned(engine) == 1  # its lease ran out
+    current = queue.claim_job(engine, "node-a", lease_s=600, max_attempts=3)
+    assert current is not None and (current.id, current.attempts) == (stale.id, 2)
+    assert queue.renew_lease(engine, stale, "node-a", 600) is False
+    assert queue.release_job(engine, stale, "node-a") is False
+    assert queue.finish_job(engine, stale, "node-a", JobState.DONE, result={"by": "stale"}) is False
+    assert queue.renew_lease(engine, current, "node-a", 600) is True
+    assert queue.finish_job(engine, current, "node-a", JobState.DONE, result={"by": "current"}) is True
+    with engine.connect() as connection:
+        row = connection.execute(select(Job.state, Job.result, Job.attempts)).one()
+    assert (row.state, row.result, row.attempts) == (JobState.DONE, '{"by": "current"}', 2)
+    assert queue.finish_job(engine, stale, "node-a", JobState.FAILED, error="late") is False, "a late failure too"
     engine.dispose()
 
 
@@ -117,7 +137,7 @@ def _claim_all(url: str, name: str, results: multiprocessing.Queue) -> None:
     claimed = []
     while (job := queue.claim_job(engine, name, lease_s=600, max_attempts=3)) is not None:
         claimed.append(job.id)
-        queue.finish_job(engine, job.id, name, JobState.DONE)
+        queue.finish_job(engine, job, name, JobState.DONE)
     results.put(claimed)
     engine.dispose()
 

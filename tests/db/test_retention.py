@@ -75,7 +75,7 @@ def _finished_study(engine: Engine, study: str = "1.2.3", instances: int = 2, sp
             (spool / relative).parent.mkdir(parents=True, exist_ok=True)
             (spool / relative).write_bytes(b"SR" * 10)
         objects = [(ObjectKind.SR, SR_CLASS, f"{study}.9.1", relative)]
-    queue.finish_job(engine, job.id, "w", state, result={}, objects=objects)
+    queue.finish_job(engine, job, "w", state, result={}, objects=objects)
     return study_pk, job.id
 
 
