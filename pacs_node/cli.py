@@ -58,8 +58,9 @@ def serve(config: ConfigOption = DEFAULT_CONFIG) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
         node.start()
-        serve_until(stop, node.health.liveness,
-                    f"receiving as {settings.node.ae_title} on {settings.node.bind_address}:{node.receiver.server.port}")
+        doing = (f"receiving as {settings.node.ae_title} on {settings.node.bind_address}:{node.receiver.server.port}"
+                 if node.receiver else f"roles {', '.join(settings.node.roles)}")
+        serve_until(stop, node.health.liveness, doing)
         node.stop()
     finally:
         if metrics_dir is not None:

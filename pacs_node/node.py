@@ -45,7 +45,7 @@ def _console(node: Node) -> ConsoleServer | None:
         engine=node.engine,
         guard=node.guard,
         started_at=datetime.now(UTC),
-        listener_up=node.receiver.server.accepting,
+        listener_up=node.receiver.server.accepting if node.receiver else None,
         model_loaded=lambda: node.model_loaded,
         events=node.events,
         metrics=node.metrics,
@@ -80,10 +80,12 @@ class Node:
         if counting and metrics_dir is None and settings.node.receive_processes > 1:
             log.warning("event=metrics_single_process reason=no multiprocess directory: "
                         "the extra receiver processes' counts are left out of /metrics")
-        runner = runner or _job_runner(settings)
-        #: The analysis model is in memory, or analysis is off so none is needed.
-        self.model_loaded = not settings.analysis.enabled or getattr(runner, "detector", None) is not None
-        if settings.priors.enabled:
+        node = settings.node
+        analysing = node.has("analyse") and settings.worker.enabled
+        runner = (runner or _job_runner(settings)) if analysing else None
+        #: The analysis model is in memory, or this process needs none (analysis off, or not its role).
+        self.model_loaded = runner is None or not settings.analysis.enabled or getattr(runner, "detector", None) is not None
+        if runner is not None and settings.priors.enabled:
             from pacs_node.priors.job import WithPriors
 
             runner = WithPriors(runner, settings)
@@ -94,41 +96,46 @@ class Node:
             log.warning("event=partial_files_removed count=%d reason=unacknowledged at last stop", removed)
         storage = settings.storage
         self.guard = DiskGuard(storage.spool_dir, storage.min_free_mb, storage.warn_free_mb)
-        self.retention = (Retention(self.engine, storage.spool_dir, settings.node.name, settings.retention)
-                          if settings.retention.enabled else None)
+        # the spool's housekeeping belongs to the process that receives into it
+        self.retention = (Retention(self.engine, storage.spool_dir, node.name, settings.retention)
+                          if settings.retention.enabled and node.has("receive") else None)
         if self.retention is not None:
             purged = self.retention.recover()
             if self.metrics is not None:
                 self.metrics.purged(purged)
-        requeued = queue.requeue_abandoned(self.engine, worker=settings.node.name)
-        if requeued:
-            log.warning("event=jobs_requeued count=%d reason=running at last stop", requeued)
-        resumed = deliveries.requeue_abandoned(self.engine, worker=settings.node.name)
-        if resumed:
-            log.warning("event=deliveries_requeued count=%d reason=sending at last stop", resumed)
-        node = settings.node
-        listener = open_listener(node.bind_address, node.port)
-        counts = multiprocessing.get_context("spawn").Array("i", node.receive_processes)
-        self.receiver = build_receiver(settings, self.engine, listener, AssociationSlots(node.max_associations, counts),
-                                       self.metrics)
-        self.extra_receivers = (ReceiverProcesses(settings, listener, counts, metrics_dir)
-                                if node.receive_processes > 1 else None)
+        if runner is not None:
+            requeued = queue.requeue_abandoned(self.engine, worker=node.name)
+            if requeued:
+                log.warning("event=jobs_requeued count=%d reason=running at last stop", requeued)
+        sending = node.has("send") and bool(settings.destinations)
+        if sending:
+            resumed = deliveries.requeue_abandoned(self.engine, worker=node.name)
+            if resumed:
+                log.warning("event=deliveries_requeued count=%d reason=sending at last stop", resumed)
+        self.receiver, self.extra_receivers = None, None
+        if node.has("receive"):
+            listener = open_listener(node.bind_address, node.port)
+            counts = multiprocessing.get_context("spawn").Array("i", node.receive_processes)
+            self.receiver = build_receiver(settings, self.engine, listener,
+                                           AssociationSlots(node.max_associations, counts), self.metrics)
+            self.extra_receivers = (ReceiverProcesses(settings, listener, counts, metrics_dir)
+                                    if node.receive_processes > 1 else None)
         worker_settings = settings.worker
         self.worker = (
             Worker(self.engine, node.name, runner, worker_settings.lease_s, worker_settings.max_attempts,
                    settings.destinations, has_room=self.guard.has_room, metrics=self.metrics)
-            if worker_settings.enabled
+            if runner is not None
             else None
         )
-        self.dispatcher = Dispatcher(self.engine, settings, self.metrics) if settings.destinations else None
+        self.dispatcher = Dispatcher(self.engine, settings, self.metrics) if sending else None
         self.scheduler = build_scheduler(settings, self.engine, self.worker, self.dispatcher,
                                          guard=self.guard, retention=self.retention, metrics=self.metrics)
         self.probe = DatabaseProbe(self.engine)
         if self.metrics is not None:
             self.metrics.registry.register(
                 ScrapeCollector(self.probe, self.guard, [d.name for d in settings.destinations]))
-        self.health = NodeHealth(self.probe, storage.spool_dir, self.guard, self.receiver.server.accepting,
-                                 lambda: self.model_loaded)
+        self.health = NodeHealth(self.probe, storage.spool_dir, self.guard,
+                                 self.receiver.server.accepting if self.receiver else None, lambda: self.model_loaded)
         self.scheduler.add_job(self.health.heartbeat, "interval", seconds=1, id="heartbeat")
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
@@ -143,17 +150,20 @@ class Node:
             logging.getLogger().addHandler(self.events)
         if self.extra_receivers is not None:
             self.extra_receivers.start()
-        self.receiver.start()
+        if self.receiver is not None:
+            self.receiver.start()
         self.scheduler.start()
         if self.console is not None:
             self.console.start()
         log.info(
-            "event=node_started ae_title=%s address=%s port=%d database=%s worker=%s",
+            "event=node_started roles=%s ae_title=%s address=%s port=%s database=%s worker=%s sender=%s",
+            ",".join(self.settings.node.roles),
             self.settings.node.ae_title,
             self.settings.node.bind_address,
-            self.receiver.server.port,
+            self.receiver.server.port if self.receiver else "-",
             redacted_database_url(self.settings.storage.database_url),
             "on" if self.worker else "off",
+            "on" if self.dispatcher else "off",
         )
         if self.metrics is not None:
             log.info("event=metrics_ready mode=%s dir=%s", "multiprocess" if self.metrics.multiprocess_dir
@@ -167,7 +177,8 @@ class Node:
         grace = self.settings.node.shutdown_grace_s
         if self.extra_receivers is not None:
             self.extra_receivers.stop(grace)
-        self.receiver.stop(grace)
+        if self.receiver is not None:
+            self.receiver.stop(grace)
         self.scheduler.shutdown(wait=True)
         if self.console is not None:
             self.console.stop()

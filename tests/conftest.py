@@ -149,6 +149,8 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
                 lines.append(f"{key} = {'true' if value else 'false'}")
             elif isinstance(value, (int, float)):
                 lines.append(f"{key} = {value}")
+            elif isinstance(value, list) and not any(isinstance(item, dict) for item in value):
+                lines.append(f"{key} = {json.dumps(value)}")  # a TOML array of strings
             elif isinstance(value, list):
                 continue
             elif isinstance(value, dict):
@@ -156,7 +158,7 @@ def write_config(folder: Path, port: int, database_url: str, **sections: dict) -
             else:
                 lines.append(f'{key} = "{value}"')
         for key, value in values.items():
-            if isinstance(value, list):
+            if isinstance(value, list) and any(isinstance(item, dict) for item in value):
                 for item in value:
                     lines.append(f"[[{name}.{key}]]")
                     lines.extend(f'{k} = "{v}"' for k, v in item.items())

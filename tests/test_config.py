@@ -97,3 +97,15 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     settings = load_settings(path, environ={})
     assert settings.storage.spool_dir == tmp_path / "spool"
     assert settings.storage.database_url == f"sqlite:///{tmp_path / 'db' / 'node.db'}"
+
+
+def test_roles_default_to_all_and_bad_ones_are_named(tmp_path: Path) -> None:
+    assert load_settings(_write(tmp_path, "[node]\n"), environ={}).node.roles == ["receive", "analyse", "send"]
+    worker = load_settings(_write(tmp_path, '[node]\nroles = ["analyse", "send"]\n'), environ={}).node
+    assert worker.has("analyse") and not worker.has("receive")
+    with pytest.raises(ConfigError, match=r"node\.roles\.0: Input should be 'receive', 'analyse' or 'send'"):
+        load_settings(_write(tmp_path, '[node]\nroles = ["analyze"]\n'), environ={})
+    with pytest.raises(ConfigError, match="roles lists send more than once"):
+        load_settings(_write(tmp_path, '[node]\nroles = ["send", "send"]\n'), environ={})
+    with pytest.raises(ConfigError, match=r"node\.roles: List should have at least 1 item"):
+        load_settings(_write(tmp_path, "[node]\nroles = []\n"), environ={})

@@ -42,6 +42,11 @@ class NodeTLS(Section):
         return self
 
 
+Role = Literal["receive", "analyse", "send"]
+#: Every role: one process does it all (the default).
+ROLES: tuple[Role, ...] = ("receive", "analyse", "send")
+
+
 class NodeConfig(Section):
     """The DICOM listener: who we are and whom we accept."""
 
@@ -65,8 +70,24 @@ class NodeConfig(Section):
     shutdown_grace_s: float = Field(default=10.0, ge=0)
     #: DICOM TLS; when set, the listener accepts TLS connections only.
     tls: NodeTLS | None = None
+    #: What this process does: "receive" (the DICOM listener), "analyse" (runs jobs with the
+    #: model), "send" (delivers reports). Processes sharing one database and spool can split
+    #: them (docs/roles.md); every process completes quiet studies and requeues lost leases.
+    roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
 
     _ae = field_validator("ae_title")(check_ae_title)
+
+    @field_validator("roles")
+    @classmethod
+    def _unique_roles(cls, roles: list[str]) -> list[str]:
+        repeated = sorted({role for role in roles if roles.count(role) > 1})
+        if repeated:
+            raise ValueError(f"roles lists {', '.join(repeated)} more than once")
+        return roles
+
+    def has(self, role: Role) -> bool:
+        """Whether this process takes ``role``."""
+        return role in self.roles
 
 
 class StorageConfig(Section):

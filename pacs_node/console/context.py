@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class NodeView:
     """The running node as the console sees it: its settings, database and probes of its parts.
 
-    ``listener_up`` says whether the DICOM listener accepts associations; ``model_loaded``
+    ``listener_up`` says whether the DICOM listener accepts associations (``None``: this process does not receive); ``model_loaded``
     whether the analysis model is in memory (``True`` too when analysis is off by configuration).
     ``events`` holds the node's recent log records (``None``: not collected).
     ``metrics`` and ``health`` back ``/metrics`` and ``/readyz`` (``console/monitoring.py``).
@@ -32,7 +32,7 @@ class NodeView:
     engine: Engine
     guard: DiskGuard
     started_at: datetime
-    listener_up: Callable[[], bool]
+    listener_up: Callable[[], bool] | None
     model_loaded: Callable[[], bool]
     events: RecentEvents | None = None
     metrics: NodeMetrics | None = None

@@ -49,7 +49,7 @@ def overview(view: NodeView) -> Overview:
     analysis = view.settings.analysis
     return Overview(
         version=__version__, node_name=view.settings.node.name, started_at=view.started_at,
-        uptime_s=round((now - view.started_at).total_seconds(), 1), listener_up=view.listener_up(),
+        uptime_s=round((now - view.started_at).total_seconds(), 1), listener_up=None if view.listener_up is None else view.listener_up(),
         model=analysis.model if analysis.enabled else "none (analysis off: pass-through)",
         model_loaded=view.model_loaded(), studies_receiving=receiving, studies_today=today,
         queue_depth=jobs.get(JobState.QUEUED, 0), jobs_running=jobs.get(JobState.RUNNING, 0), jobs_failed_24h=failed,

@@ -25,7 +25,8 @@ class Overview(BaseModel):
     node_name: str
     started_at: dt.datetime
     uptime_s: float
-    listener_up: bool
+    #: ``None``: this process does not receive (``[node] roles``).
+    listener_up: bool | None
     model: str
     model_loaded: bool
     studies_receiving: int

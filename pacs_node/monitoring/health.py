@@ -105,7 +105,7 @@ class NodeHealth:
     HEARTBEAT_MAX_AGE_S = 30.0
 
     def __init__(self, probe: DatabaseProbe, spool_root: Path, guard: DiskGuard,
-                 listener_up: Callable[[], bool], model_loaded: Callable[[], bool]) -> None:
+                 listener_up: Callable[[], bool] | None, model_loaded: Callable[[], bool]) -> None:
         self.probe = probe
         self.spool_root = Path(spool_root)
         self.guard = guard
@@ -124,14 +124,17 @@ class NodeHealth:
                 f"below storage.min_free_mb = {self.guard.min_free_bytes // (1024 * 1024)}")
 
     def readiness(self) -> dict[str, Problem]:
-        """Every readiness check by name: database, spool_writable, spool_free_space, listener, model."""
-        return {
+        """Every readiness check by name: database, spool_writable, spool_free_space, listener
+        (only in a process that receives: ``listener_up`` is ``None`` otherwise), model."""
+        checks = {
             "database": self.probe.check(),
             "spool_writable": spool_writable(self.spool_root),
             "spool_free_space": self._free_space(),
-            "listener": None if self.listener_up() else "the DICOM listener does not accept associations",
-            "model": None if self.model_loaded() else "the analysis model is not loaded",
         }
+        if self.listener_up is not None:
+            checks["listener"] = None if self.listener_up() else "the DICOM listener does not accept associations"
+        checks["model"] = None if self.model_loaded() else "the analysis model is not loaded"
+        return checks
 
     def liveness(self) -> dict[str, Problem]:
         """What the watchdog needs: the scheduler's timers run (the node is not hung).

@@ -111,3 +111,19 @@ def test_the_model_check_sees_the_detector_behind_the_prior_lookup(tmp_path: Pat
         assert node.health.readiness()["model"] is None
     finally:
         node.stop()
+
+
+def test_a_process_that_does_not_receive_has_no_listener_check(tmp_path: Path) -> None:
+    from pacs_node.housekeeping import DiskGuard
+    from pacs_node.monitoring.health import NodeHealth
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    probe = DatabaseProbe(engine)
+    try:
+        worker_only = NodeHealth(probe, tmp_path, DiskGuard(tmp_path, 0, 0), None, lambda: True)
+        assert set(worker_only.readiness()) == {"database", "spool_writable", "spool_free_space", "model"}
+        receiving = NodeHealth(probe, tmp_path, DiskGuard(tmp_path, 0, 0), lambda: False, lambda: True)
+        assert receiving.readiness()["listener"] == "the DICOM listener does not accept associations"
+    finally:
+        probe.close()
+        engine.dispose()
