@@ -114,6 +114,8 @@ class RunningNode:
 def _inline_table(values: dict) -> str:
     """A TOML inline table (e.g. ``tls = {cert_file = "...", verify = true}``)."""
     def value(v: object) -> str:
+        if isinstance(v, list):
+            return json.dumps(v)  # a TOML array of strings
         return ("true" if v else "false") if isinstance(v, bool) else str(v) if isinstance(v, (int, float)) else f'"{v}"'
     return "{" + ", ".join(f"{k} = {value(v)}" for k, v in values.items()) + "}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,26 @@ def test_roles_default_to_all_and_bad_ones_are_named(tmp_path: Path) -> None:
         load_settings(_write(tmp_path, '[node]\nroles = ["send", "send"]\n'), environ={})
     with pytest.raises(ConfigError, match=r"node\.roles: List should have at least 1 item"):
         load_settings(_write(tmp_path, "[node]\nroles = []\n"), environ={})
+
+
+def test_proxy_protocol_trusts_balancer_networks(tmp_path: Path) -> None:
+    text = '[node]\nproxy_protocol = { trusted = ["10.0.0.5", "10.1.0.0/16", "FD00::/64", "::ffff:10.2.0.0/112"] }\n'
+    proxy = load_settings(_write(tmp_path, text), environ={}).node.proxy_protocol
+    assert proxy is not None and proxy.required
+    assert proxy.trusted == ("10.0.0.5/32", "10.1.0.0/16", "fd00::/64", "10.2.0.0/16")
+    assert load_settings(_write(tmp_path, "[node]\n"), environ={}).node.proxy_protocol is None
+    example = (REPO / "config" / "production.example.toml").read_text()
+    uncommented = re.sub(r"^# (\[node\.proxy_protocol\]|trusted|required)", r"\1", example, flags=re.MULTILINE)
+    shipped = load_settings(_write(tmp_path, uncommented), environ={}).node.proxy_protocol
+    assert shipped is not None and shipped.trusted == ("10.0.0.5/32", "10.0.1.0/24")
+
+
+@pytest.mark.parametrize(("trusted", "message"), [
+    ('["haproxy.example.org"]', "'haproxy.example.org' is not an IP address or network"),
+    ('["10.0.0.5/8"]', "'10.0.0.5/8' has host bits set; did you mean 10.0.0.0/8"),
+    ('["10.0.0.0/33"]', "'10.0.0.0/33' is not an IP address or network"),
+    ("[]", "at least 1 item"),
+])
+def test_bad_balancer_addresses_are_named(tmp_path: Path, trusted: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"node\.proxy_protocol\.trusted: .*" + message.replace(".", r"\.")):
+        load_settings(_write(tmp_path, f"[node]\nproxy_protocol = {{ trusted = {trusted} }}\n"), environ={})

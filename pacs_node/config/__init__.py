@@ -14,12 +14,13 @@ from pacs_node.config.loading import (
 from pacs_node.config.priors import PriorSource, PriorsConfig
 from pacs_node.config.sections import (
     AllowedCaller, AnalysisConfig, CompletionConfig, ConsoleConfig, ConsoleTLS, LoggingConfig, NodeConfig, NodeTLS,
-    RetentionConfig, Settings, StorageConfig, WorkerConfig,
+    ProxyProtocol, RetentionConfig, Settings, StorageConfig, WorkerConfig,
 )
 
 __all__ = [
     "ENV_DATABASE_URL", "ENV_PORT", "ENV_SPOOL_DIR", "AllowedCaller", "AnalysisConfig", "CompletionConfig",
     "ConfigError", "ConsoleConfig", "ConsoleTLS", "Destination", "DestinationTLS", "LoggingConfig", "NodeConfig",
-    "NodeTLS", "ObjectName", "PriorSource", "PriorsConfig", "RetentionConfig", "SendingConfig", "Settings", "StorageConfig", "WorkerConfig",
+    "NodeTLS", "ObjectName", "PriorSource", "PriorsConfig", "ProxyProtocol", "RetentionConfig", "SendingConfig",
+    "Settings", "StorageConfig", "WorkerConfig",
     "load_settings", "redacted_database_url",
 ]

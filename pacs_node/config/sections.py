@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -22,6 +23,38 @@ class AllowedCaller(Section):
 
     _ae = field_validator("ae_title")(check_ae_title)
 
+
+class ProxyProtocol(Section):
+    """The PROXY protocol (v2, or v1 text) from load balancers in TCP mode, e.g. HAProxy ``send-proxy-v2``.
+
+    A connection from a ``trusted`` address is served as the client named in its PROXY
+    header (allow-list host bindings, logs); connections from other addresses are served
+    as themselves and any PROXY header they send is not believed.
+    """
+
+    #: Balancer addresses or networks ("10.0.0.5", "10.0.0.0/24", "fd00::/64"); kept in canonical CIDR form.
+    trusted: tuple[str, ...] = Field(min_length=1)
+    #: True: a trusted address must send a header (other connections from it are closed).
+    #: False: one that sends none is served as the balancer's own address.
+    required: bool = True
+
+    @field_validator("trusted")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        canonical = []
+        for value in values:
+            text = value.strip()
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network (e.g. 10.0.0.5 or 10.0.0.0/24)") from None
+            if ipaddress.ip_interface(text).ip != network.network_address:
+                raise ValueError(f"{value!r} has host bits set; did you mean {network}?")
+            mapped = getattr(network.network_address, "ipv4_mapped", None)
+            if mapped is not None and network.prefixlen >= 96:  # peers are compared as IPv4 (::ffff:a.b.c.d)
+                network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+            canonical.append(str(network))
+        return tuple(canonical)
 
 
 class NodeTLS(Section):
@@ -74,6 +107,8 @@ class NodeConfig(Section):
     #: model), "send" (delivers reports). Processes sharing one database and spool can split
     #: them (docs/roles.md); every process completes quiet studies and requeues lost leases.
     roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
+    #: Callers' addresses from a TCP load balancer's PROXY header (None: every peer is itself).
+    proxy_protocol: ProxyProtocol | None = None
 
     _ae = field_validator("ae_title")(check_ae_title)
 

@@ -60,7 +60,8 @@ class NodeMetrics:
             "pacs_node_associations_accepted", "Associations accepted.", registry=own)
         self.associations_rejected = Counter(
             "pacs_node_associations_rejected",
-            "Connections refused as associations: A-ASSOCIATE-RJ reasons, protocol_error, tls_handshake_failed.",
+            "Connections refused as associations: A-ASSOCIATE-RJ reasons, protocol_error, tls_handshake_failed, "
+            "proxy_header_invalid.",
             ["reason"], registry=own)
         self.studies_completed = Counter(
             "pacs_node_studies_completed", "Studies declared complete after their quiet period.", registry=own)

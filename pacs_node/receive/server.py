@@ -3,7 +3,8 @@
 With DICOM TLS each connection's handshake runs in its association thread under the ACSE
 timeout, so a slow or hostile client never holds up the accept loop; a connection whose
 handshake fails is closed and logged (``event=tls_handshake_failed``) without becoming an
-association.
+association.  Behind a TCP load balancer, a connection from a balancer first gives its PROXY
+header (before any TLS, see ``proxy_protocol.py``); the caller it names is the peer from then on.
 
 Extra associations beyond the configured limit are answered with an A-ASSOCIATE-RJ
 (transient, local limit exceeded) rather than left hanging.  On stop, the listener
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from pacs_node.receive import upper_layer as ul
 from pacs_node.receive.policy import AssociationPolicy
+from pacs_node.receive.proxy_protocol import ProxyGate
 from pacs_node.receive.scp import AssociationHandler, InstanceSink
 from pacs_node.tls import TLS_HANDSHAKE_RECORD, describe_failure, peer_subject
 
@@ -95,8 +97,11 @@ class StorageServer:
         network_timeout_s: float = 120.0,
         tls: ssl.SSLContext | None = None,
         metrics: NodeMetrics | None = None,
+        proxy: ProxyGate | None = None,
     ) -> None:
         self.policy = policy
+        #: Load balancers whose PROXY headers name the callers (``None``: every peer is itself).
+        self.proxy = proxy
         #: Counts associations and C-STOREs (``None``: not counted).
         self.metrics = metrics
         self.tls = tls
@@ -150,17 +155,20 @@ class StorageServer:
         started = time.monotonic()
         with self._lock:
             self._active[serial] = conn
-        sock: socket.socket | None = conn
+        sock: socket.socket | None
         try:
             conn.settimeout(self.acse_timeout_s)
-            if self.tls is not None:
-                sock = self._secure(conn, peer, serial)
-            if sock is None:
+            caller = peer if self.proxy is None else self.proxy.caller(
+                conn, peer, serial, self.acse_timeout_s, self.metrics)
+            sock = conn if caller is None or self.tls is None else self._secure(conn, caller, serial)
+            if caller is None:
+                outcome = "no association: no valid PROXY header"
+            elif sock is None:
                 outcome = "no association: TLS handshake failed"
                 if self.metrics is not None:
                     self.metrics.association_rejected("tls_handshake_failed")
             else:
-                outcome = self._associate_and_serve(sock, peer, serial)
+                outcome = self._associate_and_serve(sock, caller, serial)
         except Exception:  # never let one association take the listener down
             log.exception("event=association_error assoc=%d", serial)
             outcome = "error"

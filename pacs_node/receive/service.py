@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from pacs_node.config import Settings
 from pacs_node.db.ingest import InstanceRecorder
 from pacs_node.receive.policy import AssociationPolicy
+from pacs_node.receive.proxy_protocol import ProxyGate
 from pacs_node.receive.server import AssociationSlots, StorageServer
 from pacs_node.receive.spool import Spool
 from pacs_node.receive.store import SpoolingSink
@@ -54,5 +55,6 @@ def build_receiver(settings: Settings, engine: Engine, listener: socket.socket, 
         network_timeout_s=node.network_timeout_s,
         tls=server_context(node.tls) if node.tls is not None else None,  # built in each receiver process
         metrics=metrics,
+        proxy=ProxyGate(node.proxy_protocol.trusted, node.proxy_protocol.required) if node.proxy_protocol else None,
     )
     return Receiver(server, sink, spool)

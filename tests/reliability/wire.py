@@ -6,6 +6,7 @@ command sets are Implicit VR Little Endian group 0000 elements (PS3.7 E.1).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 import time
@@ -57,6 +58,17 @@ def associate_rq(
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu.encode()
+
+
+def proxy_v2(source: str | None = None, destination: str = "127.0.0.1", tlvs: bytes = b"") -> bytes:
+    """A PROXY protocol v2 header: PROXY TCP4/TCP6 from ``source`` (port 40000), LOCAL when ``None``."""
+    signature = b"\r\n\r\n\x00\r\nQUIT\n"
+    if source is None:
+        return signature + bytes([0x20, 0x00]) + struct.pack(">H", len(tlvs)) + tlvs
+    src, dst = ipaddress.ip_address(source), ipaddress.ip_address(destination)
+    family = 0x11 if src.version == 4 else 0x21
+    block = src.packed + dst.packed + struct.pack(">HH", 40000, 11112) + tlvs
+    return signature + bytes([0x21, family]) + struct.pack(">H", len(block)) + block
 
 
 def pdu(pdu_type: int, body: bytes) -> bytes:
