@@ -27,3 +27,11 @@ class Section(BaseModel):
 
 
 TLSVersion = Literal["1.2", "1.3"]
+
+
+def refuse_repeats(values: list[str], key: str) -> list[str]:
+    """``values`` unchanged, unless one is listed twice (``ValueError`` naming ``key`` and it)."""
+    repeated = sorted({value for value in values if values.count(value) > 1})
+    if repeated:
+        raise ValueError(f"{key} lists {', '.join(repeated)} more than once")
+    return values

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
-from pacs_node.config._base import AETitle, Port, TLSVersion, check_ae_title, Section
+from pacs_node.config._base import AETitle, Port, Section, TLSVersion, check_ae_title, refuse_repeats
 from pacs_node.credentials import DestinationAuth
 
 
@@ -109,9 +109,7 @@ class Destination(Section):
     @field_validator("objects")
     @classmethod
     def _profile(cls, objects: list[str]) -> list[str]:
-        repeated = sorted({name for name in objects if objects.count(name) > 1})
-        if repeated:
-            raise ValueError(f"objects lists {', '.join(repeated)} more than once")
+        refuse_repeats(objects, "objects")
         if "kos" in objects and "key_image" not in objects:
             raise ValueError('"kos" references the key images: add "key_image" to objects')
         return objects

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pacs_node.config._base import AETitle, Port, TLSVersion, check_ae_title, Section
+from pacs_node.config._base import AETitle, Port, Section, TLSVersion, check_ae_title, refuse_repeats
 from pacs_node.config.destinations import Destination, SendingConfig
 from pacs_node.config.priors import PriorsConfig
 
@@ -115,10 +115,7 @@ class NodeConfig(Section):
     @field_validator("roles")
     @classmethod
     def _unique_roles(cls, roles: list[str]) -> list[str]:
-        repeated = sorted({role for role in roles if roles.count(role) > 1})
-        if repeated:
-            raise ValueError(f"roles lists {', '.join(repeated)} more than once")
-        return roles
+        return refuse_repeats(roles, "roles")
 
     def has(self, role: Role) -> bool:
         """Whether this process takes ``role``."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,50 +16,24 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from pacs_node.db.models import Instance
-from tests.conftest import free_port, make_series, storescu, wait_until
+from tests.conftest import make_series, storescu, wait_until
+from tests.haproxy import HAPROXY, MISSING, HAProxy
 from tests.reliability.support import NodeDb
 from tests.reliability.wire import ABORT, associate_rq, proxy_v2, read_pdu
 
-HAPROXY = Path("/usr/sbin/haproxy")
 BALANCER = "127.0.0.2"  #: HAProxy's address as the node sees it
 SCANNER_5 = "127.0.0.5"  #: a second scanner's address
 
 
-class TcpBalancer:
+def _balancer(folder: Path, backend_port: int) -> HAProxy:
     """HAProxy in TCP mode relaying to one node with PROXY v2, health checks (LOCAL headers) included."""
-
-    def __init__(self, folder: Path, backend_port: int) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.config = folder / "haproxy.cfg"
-        self.config.write_text(f"""global
-    maxconn 100
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend dicom
-    bind 127.0.0.1:{self.port}
+    return HAProxy(folder, "tcp", f"""frontend dicom
+    bind 127.0.0.1:{{port}}
     default_backend receivers
 backend receivers
     source {BALANCER}
     server node 127.0.0.1:{backend_port} send-proxy-v2 check inter 200ms check-send-proxy
-""")
-        check = subprocess.run([str(HAPROXY), "-c", "-f", str(self.config)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
-        self.process = subprocess.Popen([str(HAPROXY), "-db", "-f", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _listening(self.port), timeout=10)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+""", timeout_s=60).start()
 
 
 def _echo_from(source: str, port: int, calling_ae: str) -> bool:
@@ -78,14 +51,14 @@ def _echo_from(source: str, port: int, calling_ae: str) -> bool:
 @pytest.fixture
 def node_behind_haproxy(node_factory, tmp_path: Path) -> Iterator[tuple]:  # noqa: ANN001
     if not HAPROXY.exists():
-        pytest.skip(f"{HAPROXY} is missing (`make test` installs the Debian package haproxy, as root)")
+        pytest.skip(MISSING)
     node = node_factory(node={
         "receive_processes": 2,
         "proxy_protocol": {"trusted": [BALANCER], "required": True},
         "allowed_callers": [{"ae_title": "CT_ONE", "host": "127.0.0.1"}, {"ae_title": "CT_FIVE", "host": SCANNER_5},
                             {"ae_title": "CT_BALANCED", "host": BALANCER}],
     }, logging={"level": "DEBUG"})
-    balancer = TcpBalancer(tmp_path / "haproxy", node.port)
+    balancer = _balancer(tmp_path / "haproxy", node.port)
     yield node, balancer
     balancer.stop()
 

@@ -8,7 +8,6 @@ HTTPS request here).
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pacs_node.db.models import DeliveryState
 from pacs_node.report.sr import read_findings
 from tests.conftest import RunningNode, free_port, wait_until
 from tests.integration.test_send import FAST_RETRIES, _deliveries, _destination, _engine, _report_for_received_study
+from tests.haproxy import HAPROXY, MISSING, HAProxy
 from tests.orthanc import Orthanc
 from tests.report import findings
 from tests.tls_certs import Pki, make_pki
@@ -31,7 +31,6 @@ pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "pacs-node", "right-password"
 TOKEN = "s3cret-t0ken"
-HAPROXY = Path("/usr/sbin/haproxy")
 
 
 @pytest.fixture
@@ -124,60 +123,32 @@ def test_server_down_is_retried_probed_with_qido_and_delivered_once_it_is_up(nod
     assert sorted(uids) == sorted([report["sr_uid"], *report["sc_uids"]]), "everything arrives, once"
 
 
-class TlsGateway:
+class TlsGateway(HAProxy):
     """HAProxy terminating HTTPS with ``pki.pacs``'s certificate and requiring ``Bearer TOKEN``
     (401 otherwise) in front of an Orthanc's plain HTTP port."""
 
     def __init__(self, folder: Path, pki: Pki, backend_port: int) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
         self.pki = pki
-        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
         bundle = folder / "gateway.pem"
         bundle.write_text(pki.pacs.cert.read_text() + pki.pacs.key.read_text())
-        self.config = folder / "haproxy.cfg"
-        self.config.write_text(f"""global
-    maxconn 100
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-frontend dicomweb
-    bind 127.0.0.1:{self.port} ssl crt {bundle}
+        super().__init__(folder, "http", f"""frontend dicomweb
+    bind 127.0.0.1:{{port}} ssl crt {bundle}
     http-request return status 401 content-type text/plain string "bearer token required" unless {{ req.hdr(authorization) -m str "Bearer {TOKEN}" }}
     default_backend orthanc
 backend orthanc
     server orthanc 127.0.0.1:{backend_port}
 """)
-        self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}/dicom-web"
 
-    def start(self) -> TlsGateway:
-        check = subprocess.run([str(HAPROXY), "-c", "-f", str(self.config)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
-        self.process = subprocess.Popen([str(HAPROXY), "-db", "-f", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(lambda: _listening(self.port), timeout=10)
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
 
 @pytest.fixture
 def gateway(orthanc_plain_web: Orthanc, tmp_path: Path) -> Iterator[TlsGateway]:
     if not HAPROXY.exists():
-        pytest.skip(f"{HAPROXY} is missing (`make test` installs the Debian package haproxy, as root)")
+        pytest.skip(MISSING)
     server = TlsGateway(tmp_path / "gateway", make_pki(tmp_path / "pki"), orthanc_plain_web.http_port).start()
     yield server
     server.stop()
