@@ -59,6 +59,18 @@ def overview(view: NodeView) -> Overview:
     )
 
 
+def _prior(result: dict) -> str | None:
+    """One line on the job's prior lookup, or ``None`` when there was none."""
+    prior = result.get("prior")
+    if not isinstance(prior, dict):
+        return None
+    if prior.get("status") == "found":
+        date = prior.get("study_date") or "undated"
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date
+        return f"found {date} at {prior.get('source') or '?'} ({prior.get('instances') or 0} images)"
+    return f"{prior.get('status', '?')}: {prior.get('reason') or 'no reason given'}"
+
+
 def job_summary(job) -> JobSummary:  # noqa: ANN001 - a Row of jobs
     """A job row with what its result document says (findings, Lung-RADS, model, timings)."""
     result = json.loads(job.result) if job.result else {}
@@ -75,7 +87,7 @@ def job_summary(job) -> JobSummary:  # noqa: ANN001 - a Row of jobs
         finished_at=job.finished_at, duration_s=duration, outcome=outcome,
         findings=result.get("findings") if result.get("analysis_performed") else None,
         lung_rads=result.get("lung_rads"), model=result.get("model"), reason=result.get("reason"), error=job.error,
-        timings_s=result.get("timings_s") or {},
+        timings_s=result.get("timings_s") or {}, prior=_prior(result),
     )
 
 

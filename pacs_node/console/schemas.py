@@ -70,6 +70,9 @@ class JobSummary(BaseModel):
     reason: str | None = None
     error: str | None = None
     timings_s: dict[str, float] = {}
+    #: The prior lookup (``[priors]``): "found 2025-11-30 at pacs (240 images)", "none: ...",
+    #: "unavailable: ..."; ``None`` when priors were not looked up.
+    prior: str | None = None
 
 
 class StudyRow(BaseModel):

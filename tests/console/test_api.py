@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import threading
 
@@ -16,7 +17,7 @@ from pacs_node.db.models import (
     AuditEntry, Delivery, DeliveryState, DestinationHealth, Job, JobState, ReportObject, utcnow,
 )
 from tests.conftest import free_port
-from tests.console.conftest import ADMIN, PATIENT_ID, PATIENT_NAME, STUDY_UID, VIEWER, Console
+from tests.console.conftest import ADMIN, PATIENT_ID, PATIENT_NAME, RESULT, STUDY_UID, VIEWER, Console
 
 READS = ["/api/me", "/api/overview", "/api/studies", "/api/studies/{study}", "/api/destinations", "/api/audit",
          "/api/config", "/api/events"]
@@ -280,3 +281,21 @@ def test_concurrent_logins_share_one_signing_key(console: Console) -> None:
     for thread in threads:
         thread.join()
     assert results == [200] * 4
+
+
+@pytest.mark.parametrize(("prior", "shown"), [
+    ({"status": "found", "source": "pacs", "study_date": "20251130", "instances": 240}, "found 2025-11-30 at pacs (240 images)"),
+    ({"status": "unavailable", "reason": "pacs: connection refused"}, "unavailable: pacs: connection refused"),
+    (None, None),
+])
+def test_the_study_page_says_what_the_prior_lookup_found(console: Console, prior: dict | None, shown: str | None) -> None:
+    with console.engine.begin() as connection:
+        result = {**RESULT, **({"prior": prior} if prior else {})}
+        connection.execute(update(Job).values(result=json.dumps(result)))
+    [job] = console.client.get(f"/api/studies/{console.study}", headers=_bearer(console, "viewer")).json()["jobs"]
+    assert job["prior"] == shown
+    console.login(VIEWER)
+    page = console.client.get(f"/studies/{console.study}").text
+    assert "<th>Prior</th>" in page
+    if shown:
+        assert shown in page
