@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +41,7 @@ from pacs_node.report.gsps import build_gsps
 from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.kos import build_kos
+from pacs_node.report.prior import PriorStatement
 from pacs_node.report.seg import build_seg
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
 from pacs_node.worker import JobOutcome
@@ -66,6 +67,11 @@ class NoduleDetector(Protocol):
 
     def detect(self, volume: hd.Volume) -> list[Finding]:
         """Findings in patient coordinates (LPS, mm)."""
+
+
+#: Asked once a series is analysed: what was found of the patient's prior CT (it may wait for
+#: the lookup, never past ``[priors] max_wait_s``).
+PriorProvider = Callable[[], PriorStatement]
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,9 @@ class Analysis:
             if any(kind.value in destination.objects for destination in settings.destinations)
         ]
 
-    def __call__(self, engine: Engine, job: ClaimedJob) -> JobOutcome:
+    def __call__(self, engine: Engine, job: ClaimedJob, prior: PriorProvider | None = None) -> JobOutcome:
+        """Analyse the study of ``job``; ``prior`` (``[priors]`` on) is asked, once a series is
+        analysed, what was found of the patient's prior CT, for the report to state it."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         study_uid, series = _study_series(engine, self.spool_root, job.study_pk)
@@ -132,7 +140,7 @@ class Analysis:
             objects: list[ObjectRow] = []
             summaries = []
             for choice in chosen:
-                produced, summary = self._analyse(spool, study_uid, choice, timings)
+                produced, summary = self._analyse(spool, study_uid, choice, timings, prior)
                 objects.extend(produced)
                 summaries.append(summary)
         finally:
@@ -159,7 +167,8 @@ class Analysis:
         )
 
     def _analyse(
-        self, spool: Spool, study_uid: str, choice: SeriesChoice, timings: dict[str, float]
+        self, spool: Spool, study_uid: str, choice: SeriesChoice, timings: dict[str, float],
+        prior: PriorProvider | None = None,
     ) -> tuple[list[ObjectRow], dict]:
         t0 = time.perf_counter()
         datasets = [dcmread(path) for path in choice.paths]
@@ -178,7 +187,8 @@ class Analysis:
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
         t2 = time.perf_counter()
-        objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed())
+        objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed(),
+                              prior() if prior is not None else None)
         t3 = time.perf_counter()
         timings["load_s"] = timings.get("load_s", 0.0) + t1 - t0
         timings["detect_s"] = timings.get("detect_s", 0.0) + t2 - t1
@@ -200,11 +210,12 @@ class Analysis:
         return JobOutcome(result, self._write(spool, study_uid, images[:1], [], ReportOutcome.not_analysable(reason)))
 
     def _write(
-        self, spool: Spool, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome
+        self, spool: Spool, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome,
+        prior: PriorStatement | None = None,
     ) -> list[ObjectRow]:
         sr = build_report(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
-            identity=ObjectIdentity.fresh(SR_SERIES_NUMBER),
+            identity=ObjectIdentity.fresh(SR_SERIES_NUMBER), prior=prior,
         )
         images = build_key_images(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,

@@ -8,12 +8,14 @@ import time
 
 from sqlalchemy import Engine
 
+from pacs_node.analyze.pipeline import Analysis
 from pacs_node.config import Settings
 from pacs_node.db.models import PriorStatus
 from pacs_node.db.priors import LookupRow, record_lookup
 from pacs_node.db.queue import ClaimedJob
 from pacs_node.priors.association import Cancel
 from pacs_node.priors.lookup import PriorFinder, prior_json
+from pacs_node.report.prior import PriorStatement
 from pacs_node.worker import JobOutcome, JobRunner
 
 log = logging.getLogger(__name__)
@@ -22,13 +24,20 @@ log = logging.getLogger(__name__)
 _WIND_DOWN_S = 5.0
 
 
+def statement(row: LookupRow) -> PriorStatement:
+    """What the report says of a lookup's outcome (no comparison is made yet)."""
+    return PriorStatement(row.status, study_uid=row.study_uid if row.status is PriorStatus.FOUND else None,
+                          study_date=row.study_date or "", reason=row.reason)
+
+
 class WithPriors:
     """A job runner that also finds the study's prior: ``result["prior"]`` and a ``prior_lookups`` row.
 
     The lookup runs in its own thread while ``runner`` analyses; the job then waits for it
     at most until ``max_wait_s`` after the job started, and past that cancels it (aborting
     the association in use) and records the prior as unavailable.  The report content is
-    not changed yet (comparison is a later slice).
+    stated by an :class:`~pacs_node.analyze.pipeline.Analysis` runner (it asks once a series
+    is analysed, so detection and lookup overlap); no comparison is made yet.
     """
 
     def __init__(self, runner: JobRunner, settings: Settings, finder: PriorFinder | None = None) -> None:
@@ -50,11 +59,29 @@ class WithPriors:
 
         thread = threading.Thread(target=look, name=f"prior-{job.id}", daemon=True)
         thread.start()
+        settled: list[LookupRow] = []
+
+        def settle() -> LookupRow:
+            """The lookup's row, waiting for it until the deadline at most (once)."""
+            if not settled:
+                settled.append(self._settle(thread, found, cancel, deadline))
+            return settled[0]
+
         try:
-            outcome = self.runner(engine, job)
+            if isinstance(self.runner, Analysis):  # its report states the prior
+                outcome = self.runner(engine, job, prior=lambda: statement(settle()))
+            else:
+                outcome = self.runner(engine, job)
         except BaseException:
             cancel.cancel()
             raise
+        row = settle()
+        record_lookup(engine, job.study_pk, job.id, row)
+        log.info("event=prior_recorded job=%d status=%s", job.id, row.status.value)
+        return JobOutcome({**outcome.result, "prior": prior_json(row)}, outcome.objects)
+
+    def _settle(self, thread: threading.Thread, found: list[LookupRow], cancel: Cancel, deadline: float) -> LookupRow:
+        """Wait for the lookup until ``deadline``, then cancel it; its row, or why there is none."""
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             cancel.cancel()
@@ -65,6 +92,4 @@ class WithPriors:
             row = LookupRow(PriorStatus.UNAVAILABLE, source=row.source, study_uid=row.study_uid,
                             study_date=row.study_date, series_uid=row.series_uid,
                             reason=f"no prior within max_wait_s ({self.max_wait_s:g} s): {row.reason}")
-        record_lookup(engine, job.study_pk, job.id, row)
-        log.info("event=prior_recorded job=%d status=%s", job.id, row.status.value)
-        return JobOutcome({**outcome.result, "prior": prior_json(row)}, outcome.objects)
+        return row

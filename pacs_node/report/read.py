@@ -142,7 +142,8 @@ def read_study_summary(sr_dataset: Dataset) -> dict[str, Any]:
     dict
         ``outcome`` ("analysed" or "not_analysable"), ``reason`` (or None),
         ``nodules_detected`` (bool), ``lung_rads`` (study category, or None when not
-        analysed), ``comments`` (the TEXT comments, in order).
+        analysed), ``comments`` (the TEXT comments, in order), ``compared_with_prior``
+        (True or False when the report states it, else None) and ``prior_study_uid``.
     """
     report = _as_report(sr_dataset)
     root = report[0]
@@ -153,6 +154,8 @@ def read_study_summary(sr_dataset: Dataset) -> dict[str, Any]:
         "nodules_detected": False,
         "lung_rads": None,
         "comments": [],
+        "compared_with_prior": None,
+        "prior_study_uid": None,
     }
     for item in containers[0].ContentSequence if containers else []:
         name = _concept(item)
@@ -164,6 +167,10 @@ def read_study_summary(sr_dataset: Dataset) -> dict[str, Any]:
                 summary["nodules_detected"] = value.CodeValue == codes.cid6047.AllAlgorithmsSucceededWithFindings.value
             elif name == LUNG_RADS_CATEGORY:
                 summary["lung_rads"] = _LUNG_RADS[value.CodeValue].value
+            elif name == codes.DCM.ComparisonWithPriorStudyDone:
+                summary["compared_with_prior"] = value.CodeValue == codes.SCT.Yes.value
+        elif item.ValueType == "UIDREF" and name == codes.DCM.StudyInstanceUID:
+            summary["prior_study_uid"] = str(item.UID)
         elif item.ValueType == "TEXT":
             if name == NOT_ANALYSED_REASON:
                 summary["reason"] = item.TextValue

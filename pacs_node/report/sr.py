@@ -102,6 +102,7 @@ from pacs_node.report.context import (
 )
 from pacs_node.report.geometry import SlicePosition, circle_radius_px, locate
 from pacs_node.report.identity import ObjectIdentity
+from pacs_node.report.prior import PriorStatement, prior_items
 from pacs_node.report.read import read_findings, read_study_summary
 
 # Re-exported: callers import the report's inputs and its readers with build_report.
@@ -181,9 +182,11 @@ def _code(name: Code, value: Code) -> hd.sr.CodeContentItem:
 
 
 def _study_evaluations(
-    findings: Sequence[Finding], outcome: ReportOutcome, algorithm: AlgorithmInfo, device: DeviceInfo
+    findings: Sequence[Finding], outcome: ReportOutcome, algorithm: AlgorithmInfo, device: DeviceInfo,
+    prior: PriorStatement | None = None,
 ) -> list[hd.sr.ContentItem]:
-    """Items of the report-level Qualitative Evaluations container."""
+    """Items of the report-level Qualitative Evaluations container (with ``prior``: what was
+    found of the prior CT, :mod:`pacs_node.report.prior`)."""
     summary = codes.cid6047
     items: list[hd.sr.ContentItem] = []
     if not outcome.is_analysed:
@@ -197,7 +200,7 @@ def _study_evaluations(
         items.append(_text(COMMENT, NO_NODULES_DETECTED))
     if outcome.is_analysed:
         items.append(_code(LUNG_RADS_CATEGORY, LUNG_RADS_CODES[study_category(list(findings))]))
-        items.append(_text(COMMENT, LUNG_RADS_NOTE))
+        items.extend(prior_items(prior) if prior is not None else [_text(COMMENT, LUNG_RADS_NOTE)])
     else:
         items.append(_text(COMMENT, f"Series not analysed: {outcome.reason}"))
     items.append(_text(COMMENT, ai_statement(algorithm, device)))
@@ -223,6 +226,7 @@ def _measurement_report(
     outcome: ReportOutcome,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
+    prior: PriorStatement | None = None,
 ) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree.
 
@@ -256,7 +260,7 @@ def _measurement_report(
             measurements.ContentSequence.extend(_nodule_group(index, finding, position, algorithm, algorithm_id))
         content.append(measurements)
     evaluations = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
-    evaluations.ContentSequence = hd.sr.ContentSequence(_study_evaluations(findings, outcome, algorithm, device))
+    evaluations.ContentSequence = hd.sr.ContentSequence(_study_evaluations(findings, outcome, algorithm, device, prior))
     content.append(evaluations)
     root.ContentSequence = content
     return hd.sr.MeasurementReport.from_sequence([root], copy=False)
@@ -294,6 +298,7 @@ def build_report(
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
     identity: ObjectIdentity,
+    prior: PriorStatement | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR for one analysed CT series.
 
@@ -314,6 +319,9 @@ def build_report(
     identity
         Series and instance of the new object (UIDs and numbers), chosen once per
         analysis by the caller, so that a re-sent object is the same object.
+    prior
+        What was found of the patient's prior CT (``[priors]`` on), stated in the
+        report-level evaluations; ``None``: priors are not looked up.
 
     Returns
     -------
@@ -329,7 +337,7 @@ def build_report(
     """
     _check_source(source)
     _check_findings(findings, outcome, source)
-    content = _measurement_report(source, findings, outcome, algorithm, device)
+    content = _measurement_report(source, findings, outcome, algorithm, device, prior)
     report = hd.sr.Comprehensive3DSR(
         evidence=list(source),
         content=content[0],

@@ -1,0 +1,67 @@
+"""What the SR says about the prior CT: found (not compared yet), none, or not retrievable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from pacs_node.report.context import ReportOutcome
+from pacs_node.report.identity import ObjectIdentity
+from pacs_node.report.prior import PriorStatement, PriorStatus
+from pacs_node.report.read import read_study_summary
+from pacs_node.report.sr import build_report
+from tests.report import dciodvfy, findings, write_series
+from tests.report.test_sr import ALGORITHM, DEVICE
+
+PRIOR_UID = generate_uid()
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
+    return [pydicom.dcmread(path) for path in write_series(tmp_path_factory.mktemp("ct"))]
+
+
+@pytest.mark.parametrize(("statement", "sentence", "uid"), [
+    (PriorStatement(PriorStatus.FOUND, PRIOR_UID, "20251130"),
+     "Prior CT of 2025-11-30 retrieved but not compared by this version: Lung-RADS categories use the baseline "
+     "screening table.", PRIOR_UID),
+    (PriorStatement(PriorStatus.NONE, reason="no earlier CT study"),
+     "No prior chest CT available for comparison: Lung-RADS categories use the baseline screening table.", None),
+    (PriorStatement(PriorStatus.UNAVAILABLE, reason="pacs: connection refused"),
+     "Prior CT could not be retrieved (pacs: connection refused): Lung-RADS categories use the baseline screening "
+     "table; compare when it is available (Lung-RADS 0 may apply).", None),
+])
+def test_the_report_states_the_prior_plainly_and_stays_valid(statement: PriorStatement, sentence: str, uid: str | None,
+                                                            source: list[Dataset], tmp_path: Path) -> None:
+    report = build_report(source, findings(), outcome=ReportOutcome.analysed(), algorithm=ALGORITHM, device=DEVICE,
+                          identity=ObjectIdentity.fresh(9901), prior=statement)
+    path = tmp_path / "sr.dcm"
+    report.save_as(path, enforce_file_format=True)
+    errors, _ = dciodvfy(path)
+    assert errors == []
+    summary = read_study_summary(pydicom.dcmread(path))
+    assert summary["compared_with_prior"] is False
+    assert summary["prior_study_uid"] == uid
+    assert sentence in summary["comments"]
+    assert not any("no comparison with prior examinations" in c for c in summary["comments"]), "said once"
+
+
+def test_without_priors_the_report_keeps_its_baseline_note(source: list[Dataset]) -> None:
+    report = build_report(source, findings(), outcome=ReportOutcome.analysed(), algorithm=ALGORITHM, device=DEVICE,
+                          identity=ObjectIdentity.fresh(9901))
+    summary = read_study_summary(report)
+    assert summary["compared_with_prior"] is None and summary["prior_study_uid"] is None
+    assert any("no comparison with prior examinations was made" in c for c in summary["comments"])
+
+
+def test_a_statement_must_be_consistent() -> None:
+    with pytest.raises(ValueError, match="needs its study_uid"):
+        PriorStatement(PriorStatus.FOUND)
+    with pytest.raises(ValueError, match="cannot have compared with a prior that is none"):
+        PriorStatement(PriorStatus.NONE, compared=True)
+    assert PriorStatement(PriorStatus.FOUND, PRIOR_UID, "20250101", compared=True).sentence() == \
+        "Compared with the prior CT of 2025-01-01."
