@@ -220,7 +220,7 @@ class Analysis:
         images = build_key_images(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
             series=SeriesIdentity.fresh(KEY_IMAGE_SERIES_NUMBER),
-            sop_instance_uids=[generate_uid() for _ in range(1 + len(findings))],
+            sop_instance_uids=[generate_uid() for _ in range(1 + len(findings))], prior=prior,
         )
         produced = [(ObjectKind.SR, sr), *((ObjectKind.KEY_IMAGE, image) for image in images)]
         if findings:

@@ -46,6 +46,7 @@ from pacs_node.report.context import (
 )
 from pacs_node.report.geometry import SlicePosition, locate, ring_radius_px
 from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
+from pacs_node.report.prior import PriorStatement
 
 #: Lung window, HU.
 LUNG_WINDOW_WIDTH = 1500.0
@@ -199,26 +200,15 @@ def render_nodule(position: SlicePosition, finding: Finding, index: int, algorit
     return np.asarray(picture, dtype=np.uint8)
 
 
-def render_overview(
+def overview_lines(
     source_image: Dataset,
     findings: Sequence[Finding],
     positions: Sequence[SlicePosition],
     outcome: ReportOutcome,
     algorithm: AlgorithmInfo,
-) -> np.ndarray:
-    """The overview page: every finding in one table, with the statements.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``height x 768 x 3`` uint8 RGB, at least 512 rows, more when the list is long.
-    """
-    width = OVERVIEW_WIDTH
-    font = _font(18)
-    title_font = _font(24)
-    line_height = 26
-    margin = 16
-    title = "AI lung nodule findings"
+    prior: PriorStatement | None = None,
+) -> list[tuple[str, tuple[int, int, int]]]:
+    """The overview page's text lines and their colours (the prior's sentence after the summary)."""
     series = f"CT series {source_image.get('SeriesNumber', '')} {source_image.get('SeriesDescription', '')}".strip()
     lines: list[tuple[str, tuple[int, int, int]]] = [(series, TEXT), ("", TEXT)]
     if not outcome.is_analysed:
@@ -240,8 +230,35 @@ def render_overview(
                     RING,
                 )
             )
+    if prior is not None and outcome.is_analysed:
+        lines.append((prior.sentence(), TEXT))
     lines.append(("", TEXT))
     lines.extend(_disclaimer_lines(algorithm))
+    return lines
+
+
+def render_overview(
+    source_image: Dataset,
+    findings: Sequence[Finding],
+    positions: Sequence[SlicePosition],
+    outcome: ReportOutcome,
+    algorithm: AlgorithmInfo,
+    prior: PriorStatement | None = None,
+) -> np.ndarray:
+    """The overview page: every finding in one table, with the statements (:func:`overview_lines`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``height x 768 x 3`` uint8 RGB, at least 512 rows, more when the list is long.
+    """
+    width = OVERVIEW_WIDTH
+    font = _font(18)
+    title_font = _font(24)
+    line_height = 26
+    margin = 16
+    title = "AI lung nodule findings"
+    lines = overview_lines(source_image, findings, positions, outcome, algorithm, prior)
     wrapped = sum(len(_wrap(text, font, width - 2 * margin)) for text, _ in lines)
     height = max(OVERVIEW_MIN_HEIGHT, 2 * margin + 40 + wrapped * line_height)
     picture = Image.new("RGB", (width, height), BAND)
@@ -344,6 +361,7 @@ def build_key_images(
     device: DeviceInfo,
     series: SeriesIdentity,
     sop_instance_uids: Sequence[str],
+    prior: PriorStatement | None = None,
 ) -> list[hd.sc.SCImage]:
     """Build the key images of one analysed CT series.
 
@@ -361,6 +379,8 @@ def build_key_images(
     sop_instance_uids
         One UID per image: the overview first, then one per finding in order
         (``1 + len(findings)`` UIDs); Instance Numbers run 1 (overview), 2, ...
+    prior
+        What was found of the prior CT (``[priors]`` on): its sentence on the overview.
 
     Returns
     -------
@@ -386,7 +406,7 @@ def build_key_images(
     reference = min(source, key=lambda ds: int(ds.get("InstanceNumber") or 0))
     overview = _secondary_capture(
         reference,
-        render_overview(reference, findings, positions, outcome, algorithm),
+        render_overview(reference, findings, positions, outcome, algorithm, prior),
         identity=series.instance(sop_instance_uids[0], 1),
         patient_orientation=("L", "P"),  # placeholder, emptied below
         algorithm=algorithm,

@@ -65,3 +65,17 @@ def test_a_statement_must_be_consistent() -> None:
         PriorStatement(PriorStatus.NONE, compared=True)
     assert PriorStatement(PriorStatus.FOUND, PRIOR_UID, "20250101", compared=True).sentence() == \
         "Compared with the prior CT of 2025-01-01."
+
+
+def test_the_overview_key_image_carries_the_same_sentence(source: list[Dataset]) -> None:
+    from pacs_node.report.geometry import locate
+    from pacs_node.report.keyimages import overview_lines
+
+    nodules = findings()
+    positions = [locate(source, n.center_lps_mm) for n in nodules]
+    statement = PriorStatement(PriorStatus.NONE, reason="no earlier CT study")
+    with_prior = [text for text, _ in overview_lines(source[0], nodules, positions, ReportOutcome.analysed(), ALGORITHM,
+                                                      statement)]
+    without = [text for text, _ in overview_lines(source[0], nodules, positions, ReportOutcome.analysed(), ALGORITHM)]
+    assert statement.sentence() in with_prior and statement.sentence() not in without
+    assert len(with_prior) == len(without) + 1
