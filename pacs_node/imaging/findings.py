@@ -10,8 +10,12 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydicom.uid import generate_uid
+
+if TYPE_CHECKING:
+    from pacs_node.imaging.lungrads_followup import NoduleComparison
 
 
 class NoduleType(enum.StrEnum):
@@ -137,6 +141,8 @@ class Finding:
     spiculated: bool = False
     lobe: str | None = None
     tracking_uid: str = field(default_factory=generate_uid)
+    #: The nodule against the prior CT, at a follow-up screen (``None``: baseline, no prior).
+    comparison: NoduleComparison | None = None
 
     def __post_init__(self) -> None:
         if len(self.center_lps_mm) != 3 or not all(math.isfinite(v) for v in self.center_lps_mm):
@@ -158,7 +164,15 @@ class Finding:
 
     @property
     def lung_rads(self) -> LungRads:
+        """The follow-up category when compared with a prior, else the baseline table's."""
+        if self.comparison is not None:
+            return self.comparison.category.category
         return lung_rads_category(self.nodule_type, self.diameter_mm, self.solid_core_mm, self.spiculated)
+
+
+def category_basis(findings: list[Finding]) -> str:
+    """What the Lung-RADS categories were computed with, for the reports' wording."""
+    return "follow-up rules" if any(f.comparison is not None for f in findings) else "baseline table"
 
 
 def study_category(findings: list[Finding]) -> LungRads:

@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pacs_node.imaging.findings import Finding, LungRads, NoduleType
-from pacs_node.imaging.growth import Change, Trend
+from pacs_node.imaging.growth import Acquisition, Change, Trend, compare
 
 #: Shortest intervals (days) for the stepped-management downgrades.
 SIX_MONTHS_DAYS = 150.0
@@ -143,3 +143,33 @@ def study_followup_category(categories: list[FollowUpCategory]) -> LungRads:
     """The study's category: the highest of its nodules', 1 without nodules."""
     return max((c.category for c in categories), key=lambda c: c.rank, default=LungRads.CATEGORY_1)
 
+
+
+@dataclass(frozen=True)
+class NoduleComparison:
+    """A current nodule against the prior CT: its match there (``None``: new), the change and
+    the follow-up category.  Carried by :attr:`pacs_node.imaging.findings.Finding.comparison`."""
+
+    prior: Finding | None
+    change: Change | None
+    category: FollowUpCategory
+
+    @property
+    def trend(self) -> str:
+        """"new", or the change's trend ("growing", "slowly growing", "stable", "shrinking")."""
+        return "new" if self.change is None else self.change.trend.value
+
+    def phrase(self) -> str:
+        """A few words for labels: "new", "growing from 7.2 mm", "stable", ..."""
+        if self.change is None:
+            return "new"
+        if self.change.trend in (Trend.GROWING, Trend.SLOWLY_GROWING, Trend.SHRINKING):
+            return f"{self.change.trend.value} from {self.change.prior_diameter_mm:.1f} mm"
+        return "stable"
+
+
+def compare_nodule(current: Finding, prior: Finding | None, interval_days: float,
+                   prior_scan: Acquisition | None = None, current_scan: Acquisition | None = None) -> NoduleComparison:
+    """``current`` compared with its match on the prior CT (``None`` if it is new)."""
+    change = None if prior is None else compare(prior, current, interval_days, prior_scan, current_scan)
+    return NoduleComparison(prior, change, followup_category(current, prior, change))

@@ -66,6 +66,19 @@ NODULE_TYPE_CODES: dict[NoduleType, Code] = {
 }
 SOLID_CORE = Code("SOLIDCORE", PRIVATE_SCHEME, "Solid component mean diameter")
 NOT_ANALYSED_REASON = Code("NOTANALYSED", PRIVATE_SCHEME, "Reason the series was not analysed")
+#: Follow-up (no standard code exists for these; see REFERENCE: VDT, change class).
+PRIOR_DIAMETER = Code("PRIORDIAM", PRIVATE_SCHEME, "Mean diameter on the prior CT")
+PRIOR_VOLUME = Code("PRIORVOL", PRIVATE_SCHEME, "Volume on the prior CT")
+VOLUME_CHANGE = Code("VOLCHANGE", PRIVATE_SCHEME, "Volume change since the prior CT")
+VOLUME_DOUBLING_TIME = Code("VDT", PRIVATE_SCHEME, "Volume doubling time")
+CHANGE = Code("CHANGE", PRIVATE_SCHEME, "Change since the prior CT")
+CHANGE_CODES: dict[str, Code] = {
+    "new": Code("NEW", PRIVATE_SCHEME, "New"),
+    "growing": Code("GROWING", PRIVATE_SCHEME, "Growing"),
+    "slowly growing": Code("SLOWGROWING", PRIVATE_SCHEME, "Slowly growing"),
+    "stable": Code("STABLE", PRIVATE_SCHEME, "Stable"),
+    "shrinking": Code("SHRINKING", PRIVATE_SCHEME, "Shrinking"),
+}
 
 NODULE: Code = codes.SCT.Nodule
 LUNG: Code = codes.SCT.Lung
@@ -91,6 +104,7 @@ MM: Code = codes.UCUM.Millimeter
 MM3: Code = codes.UCUM.CubicMillimeter
 HU: Code = codes.UCUM.HounsfieldUnit
 PERCENT: Code = codes.UCUM.Percent
+DAYS: Code = Code("d", "UCUM", "day")
 
 _RIGHT: Code = codes.SCT.Right
 _LEFT: Code = codes.SCT.Left

@@ -209,9 +209,11 @@ def short_ai_statement(algorithm: AlgorithmInfo) -> str:
 
 
 def nodule_label(index: int, finding: Finding) -> str:
-    """One line naming a nodule as every object does: number, size, type, Lung-RADS category."""
+    """One line naming a nodule as every object does: number, size, type, what it did since
+    the prior CT (when compared: "new", "growing from 7.2 mm", ...), Lung-RADS category."""
     size = f"{finding.diameter_mm:.1f} mm {finding.nodule_type.value}"
-    return f"Nodule {index}: {size}, Lung-RADS {finding.lung_rads.value}"
+    change = f", {finding.comparison.phrase()}" if finding.comparison is not None else ""
+    return f"Nodule {index}: {size}{change}, Lung-RADS {finding.lung_rads.value}"
 
 
 def copy_body_part(target: Dataset, reference: Dataset) -> None:

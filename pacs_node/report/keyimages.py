@@ -32,7 +32,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from pacs_node.imaging.findings import Finding, study_category
+from pacs_node.imaging.findings import Finding, category_basis, study_category
 from pacs_node.report.context import (
     NO_NODULES_DETECTED,
     NOT_FOR_DIAGNOSTIC_USE,
@@ -218,7 +218,8 @@ def overview_lines(
         lines.append(("Lung-RADS (AI, baseline table): 1", TEXT))
     else:
         lines.append(
-            (f"{len(findings)} nodule(s); Lung-RADS (AI, baseline table): {study_category(list(findings)).value}", TEXT)
+            (f"{len(findings)} nodule(s); Lung-RADS (AI, {category_basis(list(findings))}): "
+             f"{study_category(list(findings)).value}", TEXT)
         )
         for index, (finding, position) in enumerate(zip(findings, positions, strict=True), start=1):
             where = f", {finding.lobe}" if finding.lobe else ""
@@ -237,15 +238,8 @@ def overview_lines(
     return lines
 
 
-def render_overview(
-    source_image: Dataset,
-    findings: Sequence[Finding],
-    positions: Sequence[SlicePosition],
-    outcome: ReportOutcome,
-    algorithm: AlgorithmInfo,
-    prior: PriorStatement | None = None,
-) -> np.ndarray:
-    """The overview page: every finding in one table, with the statements (:func:`overview_lines`).
+def render_overview(lines: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+    """The overview page: its title and ``lines`` (:func:`overview_lines`: every finding, the statements).
 
     Returns
     -------
@@ -258,7 +252,6 @@ def render_overview(
     line_height = 26
     margin = 16
     title = "AI lung nodule findings"
-    lines = overview_lines(source_image, findings, positions, outcome, algorithm, prior)
     wrapped = sum(len(_wrap(text, font, width - 2 * margin)) for text, _ in lines)
     height = max(OVERVIEW_MIN_HEIGHT, 2 * margin + 40 + wrapped * line_height)
     picture = Image.new("RGB", (width, height), BAND)
@@ -406,7 +399,7 @@ def build_key_images(
     reference = min(source, key=lambda ds: int(ds.get("InstanceNumber") or 0))
     overview = _secondary_capture(
         reference,
-        render_overview(reference, findings, positions, outcome, algorithm, prior),
+        render_overview(overview_lines(reference, findings, positions, outcome, algorithm, prior)),
         identity=series.instance(sop_instance_uids[0], 1),
         patient_orientation=("L", "P"),  # placeholder, emptied below
         algorithm=algorithm,

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom import Dataset
 
-from pacs_node.imaging.findings import Finding, study_category
+from pacs_node.imaging.findings import Finding, category_basis, study_category
 from pacs_node.report.codes import OF_INTEREST
 from pacs_node.report.context import (
     NOT_FOR_DIAGNOSTIC_USE,
@@ -48,7 +48,7 @@ def _description(
     """The Key Object Description: the nodules, where they are, and the AI statement."""
     lines = [
         f"AI lung nodule findings: {len(findings)} nodule(s); "
-        f"Lung-RADS (AI, baseline table) {study_category(list(findings)).value}."
+        f"Lung-RADS (AI, {category_basis(list(findings))}) {study_category(list(findings)).value}."
     ]
     for index, (finding, image) in enumerate(zip(findings, slices, strict=True), start=1):
         lines.append(f"{nodule_label(index, finding)} (CT image {image.get('InstanceNumber', '?')}).")

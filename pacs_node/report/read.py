@@ -15,6 +15,8 @@ from pacs_node.report.codes import (
     BORDER_SHAPE,
     CAD_SUMMARY,
     CERTAINTY_OF_FINDING,
+    CHANGE,
+    CHANGE_CODES,
     COMMENT,
     DIAMETER,
     LONG_AXIS,
@@ -24,16 +26,21 @@ from pacs_node.report.codes import (
     NODULE_TYPE,
     NODULE_TYPE_CODES,
     NOT_ANALYSED_REASON,
+    PRIOR_DIAMETER,
+    PRIOR_VOLUME,
     QUALITATIVE_EVALUATIONS,
     SHORT_AXIS,
     SOLID_CORE,
     SPICULATED,
     VOLUME,
+    VOLUME_CHANGE,
+    VOLUME_DOUBLING_TIME,
 )
 from pacs_node.report.context import OutcomeStatus, nodule_name
 
 _NODULE_TYPES = {code.value: kind for kind, code in NODULE_TYPE_CODES.items()}
 _LUNG_RADS = {code.value: category for category, code in LUNG_RADS_CODES.items()}
+_CHANGES = {code.value: trend for trend, code in CHANGE_CODES.items()}
 
 
 _Group = hd.sr.MeasurementsAndQualitativeEvaluations
@@ -87,7 +94,9 @@ def read_findings(sr_dataset: Dataset) -> list[dict[str, Any]]:
         ``tracking_uid``, ``center_lps_mm`` (x, y, z; LPS mm), ``long_axis_mm``,
         ``short_axis_mm``, ``diameter_mm``, ``solid_core_mm`` (or None), ``volume_mm3``, ``mean_hu``, ``score`` (0-1), ``nodule_type``
         (:class:`NoduleType` value, e.g. "solid"), ``lung_rads`` ("1" ... "4X"),
-        ``spiculated``, ``finding_site`` (code meaning), ``laterality`` (meaning or
+        ``spiculated``, at a follow-up ``change`` ("new", "growing", ...; else None),
+        ``prior_diameter_mm``, ``prior_volume_mm3``, ``volume_change_percent``, ``vdt_days``
+        (None when absent), ``finding_site`` (code meaning), ``laterality`` (meaning or
         None), and ``circle``: ``{"sop_instance_uid", "center_col_row", "radius_px"}``
         in image coordinates of the referenced slice.
     """
@@ -103,6 +112,7 @@ def read_findings(sr_dataset: Dataset) -> list[dict[str, Any]]:
         nodule_type = _evaluation(group, NODULE_TYPE)
         category = _evaluation(group, LUNG_RADS_CATEGORY)
         certainty = _measurement(group, CERTAINTY_OF_FINDING)
+        change = _evaluation(group, CHANGE)
         site = group.finding_sites[0] if group.finding_sites else None
         nodules.append(
             {
@@ -120,6 +130,11 @@ def read_findings(sr_dataset: Dataset) -> list[dict[str, Any]]:
                 "nodule_type": None if nodule_type is None else _NODULE_TYPES[nodule_type.value].value,
                 "lung_rads": None if category is None else _LUNG_RADS[category.value].value,
                 "spiculated": _is_code(_evaluation(group, BORDER_SHAPE), SPICULATED),
+                "change": None if change is None else _CHANGES[change.value],
+                "prior_diameter_mm": _measurement(group, PRIOR_DIAMETER),
+                "prior_volume_mm3": _measurement(group, PRIOR_VOLUME),
+                "volume_change_percent": _measurement(group, VOLUME_CHANGE),
+                "vdt_days": _measurement(group, VOLUME_DOUBLING_TIME),
                 "finding_site": None if site is None else site.value.meaning,
                 "laterality": None if site is None or site.laterality is None else site.laterality.meaning,
                 "circle": {

@@ -61,8 +61,11 @@ from pacs_node.report.codes import (
     BORDER_SHAPE,
     CAD_SUMMARY,
     CERTAINTY_OF_FINDING,
+    CHANGE,
+    CHANGE_CODES,
     COMMENT,
     CT_CHEST,
+    DAYS,
     DIAMETER,
     ENGLISH,
     HU,
@@ -77,12 +80,16 @@ from pacs_node.report.codes import (
     NODULE_TYPE_CODES,
     NOT_ANALYSED_REASON,
     PERCENT,
+    PRIOR_DIAMETER,
+    PRIOR_VOLUME,
     PRIVATE_CODING_SCHEME,
     QUALITATIVE_EVALUATIONS,
     SHORT_AXIS,
     SOLID_CORE,
     SPICULATED,
     VOLUME,
+    VOLUME_CHANGE,
+    VOLUME_DOUBLING_TIME,
     lobe_key,
     lobe_site,
 )
@@ -153,10 +160,13 @@ def _nodule_group(
         ),
         hd.sr.Measurement(name=MEAN_ATTENUATION, value=round(finding.mean_hu, 1), unit=HU),
     ]
+    measurements += _change_measurements(finding)
     evaluations = [
         hd.sr.QualitativeEvaluation(name=NODULE_TYPE, value=NODULE_TYPE_CODES[finding.nodule_type]),
         hd.sr.QualitativeEvaluation(name=LUNG_RADS_CATEGORY, value=LUNG_RADS_CODES[finding.lung_rads]),
     ]
+    if finding.comparison is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(name=CHANGE, value=CHANGE_CODES[finding.comparison.trend]))
     if finding.spiculated:
         evaluations.append(hd.sr.QualitativeEvaluation(name=BORDER_SHAPE, value=SPICULATED))
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -171,6 +181,23 @@ def _nodule_group(
     label = f"{nodule_label(index, finding)} ({short_ai_statement(algorithm)})"
     group[0].ContentSequence.append(_text(COMMENT, label))
     return group
+
+
+def _change_measurements(finding: Finding) -> list[hd.sr.Measurement]:
+    """The prior's size, the volume change and the VDT of a nodule matched on the prior CT
+    (after the nodule's own numbers, so a viewer's first lines stay the same)."""
+    change = finding.comparison.change if finding.comparison is not None else None
+    if change is None:
+        return []
+    items = [
+        hd.sr.Measurement(name=PRIOR_DIAMETER, value=change.prior_diameter_mm, unit=MM),
+        hd.sr.Measurement(name=PRIOR_VOLUME, value=float(round(change.prior_volume_mm3)), unit=MM3),
+    ]
+    if change.volume_change_percent is not None:
+        items.append(hd.sr.Measurement(name=VOLUME_CHANGE, value=round(change.volume_change_percent, 1), unit=PERCENT))
+    if change.vdt_days is not None:
+        items.append(hd.sr.Measurement(name=VOLUME_DOUBLING_TIME, value=round(change.vdt_days), unit=DAYS))
+    return items
 
 
 def _text(name: Code, value: str) -> hd.sr.TextContentItem:
