@@ -1,4 +1,4 @@
-"""Imports between packages run one way: analyze → ml → imaging, report → imaging.
+"""Imports between packages run one way: analyze → compare → ml → imaging, report → imaging.
 
 Every ``import`` and ``from ... import`` in the source is read with :mod:`ast`,
 including imports inside functions and under ``TYPE_CHECKING``, and resolved to an
@@ -20,9 +20,10 @@ SOURCE_ROOT = Path(pacs_node.__file__).resolve().parent
 
 #: package → packages of ``pacs_node`` its modules must never import.
 FORBIDDEN = {
-    "ml": ("analyze",),
-    "imaging": ("analyze", "ml", "report"),
-    "report": ("analyze", "ml"),
+    "compare": ("analyze", "report"),
+    "ml": ("analyze", "compare"),
+    "imaging": ("analyze", "compare", "ml", "report"),
+    "report": ("analyze", "compare", "ml"),
 }
 
 
