@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import Engine, select
 
 from pacs_node import __version__
+from pacs_node.analyze.followup import FollowUp, PriorProvider, compare_with_prior
 from pacs_node.analyze.series import SeriesChoice, choose_series
 from pacs_node.config import Settings
 from pacs_node.db.deliveries import ObjectRow
@@ -67,11 +68,6 @@ class NoduleDetector(Protocol):
 
     def detect(self, volume: hd.Volume) -> list[Finding]:
         """Findings in patient coordinates (LPS, mm)."""
-
-
-#: Asked once a series is analysed: what was found of the patient's prior CT (it may wait for
-#: the lookup, never past ``[priors] max_wait_s``).
-PriorProvider = Callable[[], PriorStatement]
 
 
 @dataclass(frozen=True)
@@ -118,7 +114,8 @@ class Analysis:
 
     def __call__(self, engine: Engine, job: ClaimedJob, prior: PriorProvider | None = None) -> JobOutcome:
         """Analyse the study of ``job``; ``prior`` (``[priors]`` on) is asked, once a series is
-        analysed, what was found of the patient's prior CT, for the report to state it."""
+        analysed, what the lookup found of the patient's prior CT: the findings are compared
+        with it where possible (:mod:`pacs_node.analyze.followup`), and the report says so."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         study_uid, series = _study_series(engine, self.spool_root, job.study_pk)
@@ -140,7 +137,10 @@ class Analysis:
             objects: list[ObjectRow] = []
             summaries = []
             for choice in chosen:
-                produced, summary = self._analyse(spool, study_uid, choice, timings, prior)
+                compare = None if prior is None else (
+                    lambda datasets, volume, found: compare_with_prior(engine, self.spool_root, self.detector, prior(),
+                                                                       datasets, volume, found))
+                produced, summary = self._analyse(spool, study_uid, choice, timings, compare)
                 objects.extend(produced)
                 summaries.append(summary)
         finally:
@@ -168,7 +168,7 @@ class Analysis:
 
     def _analyse(
         self, spool: Spool, study_uid: str, choice: SeriesChoice, timings: dict[str, float],
-        prior: PriorProvider | None = None,
+        compare: Callable[[list[Dataset], hd.Volume, list[Finding]], FollowUp] | None = None,
     ) -> tuple[list[ObjectRow], dict]:
         t0 = time.perf_counter()
         datasets = [dcmread(path) for path in choice.paths]
@@ -187,16 +187,24 @@ class Analysis:
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
         t2 = time.perf_counter()
+        follow = compare(datasets, volume, findings) if compare is not None else None
+        if follow is not None:
+            findings = follow.findings
+            timings["compare_s"] = timings.get("compare_s", 0.0) + time.perf_counter() - t2
+        t2b = time.perf_counter()
         objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed(),
-                              prior() if prior is not None else None)
+                              follow.statement if follow is not None else None)
         t3 = time.perf_counter()
         timings["load_s"] = timings.get("load_s", 0.0) + t1 - t0
         timings["detect_s"] = timings.get("detect_s", 0.0) + t2 - t1
-        timings["report_s"] = timings.get("report_s", 0.0) + t3 - t2
+        timings["report_s"] = timings.get("report_s", 0.0) + t3 - t2b
         category = study_category(findings).value
         log.info("event=analysis_done series_findings=%d lung_rads=%s detect_s=%.2f", len(findings), category, t2 - t1)
-        return objects, {"series_uid": choice.series_uid, "outcome": "analysed", "findings": len(findings),
-                         "lung_rads": category, "slices": len(datasets)}
+        summary = {"series_uid": choice.series_uid, "outcome": "analysed", "findings": len(findings),
+                   "lung_rads": category, "slices": len(datasets)}
+        if follow is not None and follow.summary:
+            summary["comparison"] = follow.summary
+        return objects, summary
 
     def _not_analysable(
         self, spool: Spool, study_uid: str, series: Sequence[_Series], reason: str, timings: dict[str, float]

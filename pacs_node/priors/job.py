@@ -15,7 +15,6 @@ from pacs_node.db.priors import LookupRow, record_lookup
 from pacs_node.db.queue import ClaimedJob
 from pacs_node.priors.association import Cancel
 from pacs_node.priors.lookup import PriorFinder, prior_json
-from pacs_node.report.prior import PriorStatement
 from pacs_node.worker import JobOutcome, JobRunner
 
 log = logging.getLogger(__name__)
@@ -24,20 +23,14 @@ log = logging.getLogger(__name__)
 _WIND_DOWN_S = 5.0
 
 
-def statement(row: LookupRow) -> PriorStatement:
-    """What the report says of a lookup's outcome (no comparison is made yet)."""
-    return PriorStatement(row.status, study_uid=row.study_uid if row.status is PriorStatus.FOUND else None,
-                          study_date=row.study_date or "", reason=row.reason)
-
-
 class WithPriors:
     """A job runner that also finds the study's prior: ``result["prior"]`` and a ``prior_lookups`` row.
 
     The lookup runs in its own thread while ``runner`` analyses; the job then waits for it
     at most until ``max_wait_s`` after the job started, and past that cancels it (aborting
-    the association in use) and records the prior as unavailable.  The report content is
-    stated by an :class:`~pacs_node.analyze.pipeline.Analysis` runner (it asks once a series
-    is analysed, so detection and lookup overlap); no comparison is made yet.
+    the association in use) and records the prior as unavailable.  An
+    :class:`~pacs_node.analyze.pipeline.Analysis` runner asks for it once a series is
+    analysed (so detection and lookup overlap), compares with it and states it in the report.
     """
 
     def __init__(self, runner: JobRunner, settings: Settings, finder: PriorFinder | None = None) -> None:
@@ -69,7 +62,7 @@ class WithPriors:
 
         try:
             if isinstance(self.runner, Analysis):  # its report states the prior
-                outcome = self.runner(engine, job, prior=lambda: statement(settle()))
+                outcome = self.runner(engine, job, prior=settle)
             else:
                 outcome = self.runner(engine, job)
         except BaseException:

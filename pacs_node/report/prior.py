@@ -1,13 +1,15 @@
 """What a report says about the patient's prior CT: found, none, or could not be retrieved.
 
 Lung-RADS at a follow-up screen depends on the prior, so a report must say plainly whether
-one was compared.  This version looks the prior up (``[priors]``, :mod:`pacs_node.priors`)
-but does not compare yet: every category is from the baseline table, and the statement says
-why.  In the SR's report-level Qualitative Evaluations:
+one was compared.  The job looks the prior up (``[priors]``, :mod:`pacs_node.priors`) and
+compares with it where it can (:mod:`pacs_node.analyze.followup`); otherwise every category is
+from the baseline table, and the statement says why.  In the SR's report-level Qualitative
+Evaluations:
 
 - Comparison with Prior Study Done (122140, DCM): Yes or No (SCT);
 - Study Instance UID (110180, DCM) of the prior, when one was found;
-- a Comment with the sentence of :meth:`PriorStatement.sentence`.
+- a Comment with the sentence of :meth:`PriorStatement.sentence`, then one per prior nodule
+  not seen now.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ class PriorStatement:
     study_uid, study_date
         The prior study (``found`` only); date as DICOM DA (YYYYMMDD).
     reason
-        Why none was found or it could not be retrieved (no patient data).
+        Why none was found, it could not be retrieved, or it was not compared (no patient data).
     compared
-        Whether the findings were compared with it (not yet in this version).
+        Whether the findings were compared with it.
+    resolved
+        One sentence per prior nodule that has no match now.
     """
 
     status: PriorStatus
@@ -48,6 +52,7 @@ class PriorStatement:
     study_date: str = ""
     reason: str | None = None
     compared: bool = False
+    resolved: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.status == PriorStatus.FOUND and not self.study_uid:
@@ -60,9 +65,10 @@ class PriorStatement:
         baseline = "Lung-RADS categories use the baseline screening table"
         if self.status == PriorStatus.FOUND:
             if self.compared:
-                return f"Compared with the prior CT of {_date(self.study_date)}."
-            return (f"Prior CT of {_date(self.study_date)} retrieved but not compared by this version: "
-                    f"{baseline}.")
+                return (f"Compared with the prior CT of {_date(self.study_date)}: Lung-RADS categories use the "
+                        "follow-up rules.")
+            why = f" ({self.reason})" if self.reason else ""
+            return f"Prior CT of {_date(self.study_date)} retrieved but not compared{why}: {baseline}."
         if self.status == PriorStatus.NONE:
             return f"No prior chest CT available for comparison: {baseline}."
         return (f"Prior CT could not be retrieved ({self.reason or 'no reason given'}): {baseline}; "
@@ -81,4 +87,6 @@ def prior_items(statement: PriorStatement) -> list[hd.sr.ContentItem]:
         items.append(hd.sr.UIDRefContentItem(name=codes.DCM.StudyInstanceUID, value=statement.study_uid,
                                              relationship_type=contains))
     items.append(hd.sr.TextContentItem(name=COMMENT, value=statement.sentence(), relationship_type=contains))
+    items.extend(hd.sr.TextContentItem(name=COMMENT, value=line, relationship_type=contains)
+                 for line in statement.resolved)
     return items

@@ -1,9 +1,12 @@
-"""The analysis job with ``[priors]``: the SR states what the lookup found, even when it is slow."""
+"""The analysis job with ``[priors]``: the SR states what the lookup found, compares with a found
+prior (detect, register, match, change), and never waits past ``max_wait_s``."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
@@ -11,8 +14,10 @@ from pydicom.uid import generate_uid
 from pacs_node.analyze.pipeline import Analysis
 from pacs_node.db.models import PriorStatus
 from pacs_node.db.priors import LookupRow
+from pacs_node.imaging.findings import Finding, NoduleType
+from pacs_node.ml.phantom import generate_followup, write_followup
 from pacs_node.priors.job import WithPriors
-from pacs_node.report.read import read_study_summary
+from pacs_node.report.read import read_findings, read_study_summary
 from tests.analyze.test_pipeline import TruthDetector, _job, _receive, study  # noqa: F401 - fixture
 
 PRIOR_UID = generate_uid()
@@ -36,19 +41,15 @@ def _settings(settings, max_wait_s: float):  # noqa: ANN001, ANN202
         update={"enabled": True, "max_wait_s": max_wait_s, "sources": sources})})
 
 
-FOUND = LookupRow(PriorStatus.FOUND, source="pacs", study_uid=PRIOR_UID, study_date="20251130", instances=40)
-
-
-@pytest.mark.parametrize(("row", "delay_s", "max_wait_s", "status", "uid", "sentence"), [
-    (FOUND, 0.5, 30, "found", PRIOR_UID, "Prior CT of 2025-11-30 retrieved but not compared by this version"),
-    (LookupRow(PriorStatus.NONE, source="pacs", reason="no earlier CT study of the patient"), 0.0, 30, "none", None,
+@pytest.mark.parametrize(("row", "delay_s", "max_wait_s", "status", "sentence"), [
+    (LookupRow(PriorStatus.NONE, source="pacs", reason="no earlier CT study of the patient"), 0.0, 30, "none",
      "No prior chest CT available for comparison"),
-    (FOUND, 30.0, 1.0, "unavailable", None,  # the PACS is too slow: the report does not wait for it
+    (LookupRow(PriorStatus.FOUND, source="pacs", study_uid=PRIOR_UID, study_date="20251130"), 30.0, 1.0,
+     "unavailable",  # the PACS is too slow: the report does not wait for it
      "Prior CT could not be retrieved (no prior within max_wait_s (1 s): cancelled)"),
 ])
-def test_the_report_states_the_prior_the_job_found(study, row: LookupRow, delay_s: float,  # noqa: ANN001, F811
-                                                   max_wait_s: float, status: str, uid: str | None,
-                                                   sentence: str) -> None:
+def test_the_report_states_a_prior_it_could_not_compare(study, row: LookupRow, delay_s: float,  # noqa: ANN001, F811
+                                                        max_wait_s: float, status: str, sentence: str) -> None:
     phantom, series_dir, settings, engine = study
     settings = _settings(settings, max_wait_s)
     _receive(series_dir, settings.storage.spool_dir, engine)
@@ -56,8 +57,67 @@ def test_the_report_states_the_prior_the_job_found(study, row: LookupRow, delay_
     started = time.monotonic()
     outcome = runner(engine, _job(engine))
     assert time.monotonic() - started < max_wait_s + 10, "never waits past max_wait_s"
+    summary = read_study_summary(pydicom.dcmread(settings.storage.spool_dir / outcome.objects[0][3]))
+    assert any(comment.startswith(sentence) for comment in summary["comments"]), summary["comments"]
+    assert summary["compared_with_prior"] is False and summary["prior_study_uid"] is None
+    assert outcome.result["prior"]["status"] == status, "the job result and the report agree"
+
+
+class _TruthPerStudy:
+    """The planted nodules of whichever time point a volume is (told apart by its origin)."""
+
+    name, version, synthetic_data = "truth", "0", True
+
+    def __init__(self, timepoints) -> None:  # noqa: ANN001
+        self.timepoints = timepoints
+
+    def detect(self, volume) -> list[Finding]:  # noqa: ANN001
+        corner = np.asarray(volume.affine)[:3, 3]
+        tp = min(self.timepoints, key=lambda t: min(np.linalg.norm(corner - np.asarray(c)) for c in _corners(t)))
+        return [Finding(tuple(n.centre_xyz_mm), n.diameter_mm, n.diameter_mm, np.pi / 6 * n.diameter_mm**3,
+                        NoduleType(n.type), 0.9) for n in tp.phantom.nodules]
+
+
+def _corners(tp) -> list[tuple[float, float, float]]:  # noqa: ANN001
+    """Where a volume of this time point may start: its first or its last slice."""
+    p = tp.phantom
+    top = np.asarray(p.origin_xyz_mm, dtype=float)
+    bottom = top + np.array([0.0, 0.0, (p.volume_hu.shape[0] - 1) * p.spacing_zyx_mm[0]])
+    return [tuple(top), tuple(bottom)]
+
+
+def test_a_found_prior_is_compared_nodule_by_nodule(study, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    _, _, settings, engine = study
+    settings = _settings(settings, 60)
+    fu = generate_followup(930500, 2, interval_days=365, shape_zyx=(72, 160, 160), spacing_zyx_mm=(2.5, 1.8, 1.8),
+                           n_nodules=3, nodule_types=["solid"], diameter_range_mm=(6.0, 12.0),
+                           courses=["growing", "stable", "resolving"], vdt_days=300.0, n_new=1)
+    write_followup(fu, tmp_path / "patient")
+    _receive(tmp_path / "patient" / "t0" / "series", settings.storage.spool_dir, engine)  # the prior, fetched
+    prior_job = _job(engine)  # (a fetched prior has no job in the node; here it is just stored)
+    assert prior_job is not None
+    _receive(tmp_path / "patient" / "t1" / "series", settings.storage.spool_dir, engine)
+    baseline = fu.timepoints[0].phantom
+    row = LookupRow(PriorStatus.FOUND, source="pacs", study_uid=baseline.study_uid, study_date="20260101",
+                    series_uid=baseline.series_uid, instances=72)
+    runner = WithPriors(Analysis(settings, _TruthPerStudy(fu.timepoints)), settings, finder=_Finder(row))
+    outcome = runner(engine, _job(engine))
     sr = pydicom.dcmread(settings.storage.spool_dir / outcome.objects[0][3])
     summary = read_study_summary(sr)
-    assert any(comment.startswith(sentence) for comment in summary["comments"]), summary["comments"]
-    assert summary["compared_with_prior"] is False and summary["prior_study_uid"] == uid
-    assert outcome.result["prior"]["status"] == status, "the job result and the report agree"
+    assert summary["compared_with_prior"] is True and summary["prior_study_uid"] == baseline.study_uid
+    assert any("not seen on this CT" in c for c in summary["comments"]), "the resolved nodule is reported"
+    truth = {s.lesion_id: s for s in fu.timepoints[1].lesions}
+    current = fu.timepoints[1].phantom.nodules
+    changes = {}
+    for found in read_findings(sr):
+        nearest = min(range(len(current)), key=lambda i: np.linalg.norm(np.subtract(current[i].centre_xyz_mm,
+                                                                                    found["center_lps_mm"])))
+        lesion = truth[[s for s in fu.timepoints[1].lesions if s.change != "resolved"][nearest].lesion_id]
+        changes[lesion.change] = found
+    assert set(changes) == {"growing", "stable", "new"}
+    assert changes["new"]["prior_diameter_mm"] is None and changes["new"]["change"] == "new"
+    grown = changes["growing"]
+    assert grown["change"] in ("growing", "stable")  # > 1.5 mm of mean diameter, or less for a small one
+    assert grown["vdt_days"] == pytest.approx(300, rel=0.25), "VDT within 25 % of the truth"
+    assert changes["stable"]["change"] == "stable"
+    assert outcome.result["series"][0]["comparison"]["matched"] == 2

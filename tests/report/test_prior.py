@@ -27,8 +27,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> list[Dataset]:
 
 @pytest.mark.parametrize(("statement", "sentence", "uid"), [
     (PriorStatement(PriorStatus.FOUND, PRIOR_UID, "20251130"),
-     "Prior CT of 2025-11-30 retrieved but not compared by this version: Lung-RADS categories use the baseline "
-     "screening table.", PRIOR_UID),
+     "Prior CT of 2025-11-30 retrieved but not compared: Lung-RADS categories use the baseline screening table.",
+     PRIOR_UID),
     (PriorStatement(PriorStatus.NONE, reason="no earlier CT study"),
      "No prior chest CT available for comparison: Lung-RADS categories use the baseline screening table.", None),
     (PriorStatement(PriorStatus.UNAVAILABLE, reason="pacs: connection refused"),
@@ -64,7 +64,9 @@ def test_a_statement_must_be_consistent() -> None:
     with pytest.raises(ValueError, match="cannot have compared with a prior that is none"):
         PriorStatement(PriorStatus.NONE, compared=True)
     assert PriorStatement(PriorStatus.FOUND, PRIOR_UID, "20250101", compared=True).sentence() == \
-        "Compared with the prior CT of 2025-01-01."
+        "Compared with the prior CT of 2025-01-01: Lung-RADS categories use the follow-up rules."
+    assert "not compared (the prior could not be analysed: no lungs)" in PriorStatement(
+        PriorStatus.FOUND, PRIOR_UID, "20250101", reason="the prior could not be analysed: no lungs").sentence()
 
 
 def test_the_overview_key_image_carries_the_same_sentence(source: list[Dataset]) -> None:
@@ -106,7 +108,8 @@ def test_a_follow_up_report_carries_each_nodules_change_and_follow_up_category(s
     assert first["lung_rads"] == compared[0].lung_rads.value
     assert second["change"] == "new" and second["prior_diameter_mm"] is None and second["vdt_days"] is None
     summary = read_study_summary(read)
-    assert summary["compared_with_prior"] is True and "Compared with the prior CT of 2025-11-30." in summary["comments"]
+    assert summary["compared_with_prior"] is True
+    assert "Compared with the prior CT of 2025-11-30: Lung-RADS categories use the follow-up rules." in summary["comments"]
     texts = _texts(read)
     assert any(t.startswith(f"Nodule 1: {grown.diameter_mm:.1f} mm solid, growing from {smaller.diameter_mm:.1f} mm, "
                             f"Lung-RADS {compared[0].lung_rads.value}") for t in texts), texts
