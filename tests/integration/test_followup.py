@@ -1,0 +1,57 @@
+"""A follow-up CT end to end: the scanner pushes it to the node, the node fetches the prior from
+Orthanc, compares with the bundled model, and Orthanc receives an SR that reports the change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pacs_node.ml.phantom import generate_followup, write_followup
+from pacs_node.report.read import read_findings, read_study_summary
+from tests.conftest import REPO, free_port, storescu, wait_until
+from tests.integration.test_priors import _orthanc
+
+pytestmark = pytest.mark.integration
+
+
+def _our_sr(orthanc, study_uid: str, folder: Path):  # noqa: ANN001, ANN202
+    for orthanc_id in orthanc.get("/instances"):
+        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
+        if tags["StudyInstanceUID"] == study_uid and tags["Modality"] == "SR":
+            path = folder / f"{orthanc_id}.dcm"
+            path.write_bytes(orthanc.get_bytes(f"/instances/{orthanc_id}/file"))
+            return pydicom.dcmread(path)
+    return None
+
+
+def test_the_sr_in_pacs_reports_the_change_since_the_prior(node_factory, tmp_path: Path) -> None:
+    port = free_port()
+    orthanc = _orthanc(tmp_path, port)
+    try:
+        fu = generate_followup(930600, 2, interval_days=365, shape_zyx=(64, 192, 192), spacing_zyx_mm=(2.0, 1.6, 1.6),
+                               n_nodules=2, nodule_types=["solid"], diameter_range_mm=(12.0, 16.0),
+                               courses=["growing", "stable"], vdt_days=250.0, n_new=0)
+        write_followup(fu, tmp_path / "patient")
+        prior, current = (fu.timepoints[i].phantom for i in (0, 1))
+        assert storescu(orthanc.dicom_port, tmp_path / "patient" / "t0" / "series",
+                        called_ae=orthanc.ae_title).returncode == 0  # the PACS holds last year's CT
+        source = {"name": "orthanc", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        node = node_factory(node={"port": port},
+                            analysis={"enabled": True, "models_dir": str(REPO / "models")},
+                            priors={"enabled": True, "max_wait_s": 60, "sources": [source]},
+                            destinations=[{**source, "name": "pacs"}], sending={"poll_interval_s": 0.3})
+        assert storescu(node.port, tmp_path / "patient" / "t1" / "series").returncode == 0
+        sr = wait_until(lambda: _our_sr(orthanc, current.study_uid, tmp_path), timeout=240, interval=1.0)
+        summary = read_study_summary(sr)
+        assert summary["compared_with_prior"] is True, summary["comments"]
+        assert summary["prior_study_uid"] == prior.study_uid
+        nodules = read_findings(sr)
+        matched = [n for n in nodules if n["prior_diameter_mm"] is not None]
+        assert matched, nodules
+        assert all(n["change"] in ("growing", "slowly growing", "stable", "shrinking") for n in matched)
+        assert _our_sr(orthanc, prior.study_uid, tmp_path) is None, "the prior is not analysed as a new study"
+        assert "event=comparison_done" in node.output()
+    finally:
+        orthanc.stop()
