@@ -13,7 +13,9 @@ to the current one (:func:`pacs_node.compare.register`), then matched:
 Figures: registration error at the lesions (mapped prior truth centre to current truth
 centre of the same ``lesion_id``, mm, before and after registration), the share of
 lesions >= ``--min-mm`` on both scans matched to the right lesion, new/resolved
-recall, and timings.  Seeds start at 930000 (never used for training).
+recall, and timings; with ``--detector`` also the VDT from the detector's measurements
+against the truth (solid nodules >= 6 mm with >= 25 % volume change) and the study's
+Lung-RADS follow-up category from the detector's findings against the truth's.  Seeds start at 930000 (never used for training).
 
     PYTHONPATH=. python scripts/evaluate_followup.py --pairs 10 [--shape 160,256,256 --spacing 2,1.4,1.4]
         [--nodules 8] [--detector models/lung-nodule-synthetic-v3] [--out followup.json]
@@ -31,6 +33,9 @@ import numpy as np
 
 from pacs_node.compare import NoduleSite, Registration, match_nodules, register
 from pacs_node.compare.match import Located
+from pacs_node.imaging.findings import Finding, NoduleType
+from pacs_node.imaging.growth import volume_doubling_time
+from pacs_node.imaging.lungrads_followup import compare_nodule, study_followup_category
 from pacs_node.ml.cases import phantom_volume
 from pacs_node.ml.phantom.followup import TimePoint, generate_followup
 
@@ -93,6 +98,50 @@ def _score(prior_ids: list[int | None], current_ids: list[int | None], prior: li
             "residual_mm": [mm.residual_mm for mm in m.matches], "seconds": seconds}
 
 
+def _truth_finding(state: Any) -> Finding:
+    """A lesion's truth at one time point as a :class:`Finding` (both axes = its diameter)."""
+    return Finding(tuple(state.centre_xyz_mm), float(state.diameter_mm), float(state.diameter_mm),
+                   float(state.volume_mm3), NoduleType(state.type), 1.0)
+
+
+def _followup_category(prior: list[Finding], current: list[Finding], pairs: dict[int, int], days: float) -> str:
+    """The study's Lung-RADS follow-up category when ``pairs`` maps current to prior indices."""
+    categories = [compare_nodule(f, prior[pairs[j]] if j in pairs else None, days).category
+                  for j, f in enumerate(current)]
+    return study_followup_category(categories).value
+
+
+def _growth(a: TimePoint, b: TimePoint, fa: list[Finding], fb: list[Finding], reg: Registration,
+            days: float) -> dict[str, Any]:
+    """VDT of the detector's matched findings against the truth (solid, >= 6 mm on both scans,
+    >= 25 % volume change: the issue's condition), and the study's follow-up category from the
+    detector's findings against the one from the truth."""
+    sa, sb = _present(a), _present(b)
+    m = match_nodules(fa, fb, reg.map_points)
+    owners_a, owners_b = [_owner(sa, f) for f in fa], [_owner(sb, f) for f in fb]
+    states_a = {st.lesion_id: st for st in a.lesions if st.diameter_mm is not None}
+    states_b = {st.lesion_id: st for st in b.lesions if st.diameter_mm is not None}
+    vdt = []
+    for pair in m.matches:
+        lid = owners_b[pair.current]
+        if lid is None or owners_a[pair.prior] != lid or lid not in states_a or lid not in states_b:
+            continue
+        then, now = states_a[lid], states_b[lid]
+        if (now.type != "solid" or min(then.diameter_mm, now.diameter_mm) < 6 or not now.vdt_days
+                or abs(now.volume_mm3 / then.volume_mm3 - 1) < 0.25):
+            continue
+        measured = volume_doubling_time(fa[pair.prior].volume_mm3, fb[pair.current].volume_mm3, days)
+        vdt.append({"truth_days": float(now.vdt_days), "measured_days": measured,
+                    "within_25": measured is not None and abs(measured / now.vdt_days - 1) <= 0.25})
+    truth_a = [_truth_finding(st) for st in states_a.values()]
+    truth_b = [_truth_finding(st) for st in states_b.values()]
+    ids_a, ids_b = list(states_a), list(states_b)
+    truth_pairs = {j: ids_a.index(lid) for j, lid in enumerate(ids_b) if lid in states_a}
+    detector_pairs = {x.current: x.prior for x in m.matches}
+    return {"vdt": vdt, "category_truth": _followup_category(truth_a, truth_b, truth_pairs, days),
+            "category_detector": _followup_category(fa, fb, detector_pairs, days)}
+
+
 def evaluate_pair(seed: int, kw: dict[str, Any], min_mm: float, detector: Any | None,
                   warp_mm: float = 0.0) -> dict[str, Any]:
     """Generate, register and match one pair; lesions count for matching when >= ``min_mm`` on both scans."""
@@ -126,7 +175,8 @@ def evaluate_pair(seed: int, kw: dict[str, Any], min_mm: float, detector: Any | 
         fa, fb = detector.detect(va), detector.detect(vb)
         t_det = time.perf_counter() - t
         det = _score([_owner(sa, f) for f in fa], [_owner(sb, f) for f in fb], fa, fb, reg, both)
-        out["detector"] = {**det, "findings": [len(fa), len(fb)], "detect_s": t_det}
+        out["detector"] = {**det, "findings": [len(fa), len(fb)], "detect_s": t_det,
+                           **_growth(a, b, fa, fb, reg, b.day - a.day)}
     return out
 
 
@@ -199,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         "truth": _summary(pairs, "truth"),
     }
     if detector:
+        vdt = [v for p in pairs for v in p["detector"]["vdt"]]
+        agree = sum(p["detector"]["category_truth"] == p["detector"]["category_detector"] for p in pairs)
         summary["detector"] = {**_summary(pairs, "detector"),
-                               "detect_s_mean": float(np.mean([p["detector"]["detect_s"] for p in pairs]))}
+                               "detect_s_mean": float(np.mean([p["detector"]["detect_s"] for p in pairs])),
+                               "vdt_cases": len(vdt), "vdt_within_25": sum(v["within_25"] for v in vdt),
+                               "category_agreement": agree}
     print(f"lesion error (mm, mean/max over {summary['lesions']} lesions): before "
           f"{summary.get('lesion_error_before_mm_mean', 0):.1f}/{summary.get('lesion_error_before_mm_max', 0):.1f}, "
           f"rigid {summary.get('lesion_error_rigid_mm_mean', 0):.2f}/"
@@ -214,6 +268,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['resolved']} (accuracy {_pct(s['new_resolved_accuracy'])}); persisting called new "
               f"{s['false_new']}; pairs not of one lesion {s['wrong_pairs']} (unlabelled nodules {s['unlabelled']}); "
               f"residual {s['residual_mean_mm'] or 0:.2f} mm; match {s['match_ms_mean']:.1f} ms")
+    if detector:
+        d = summary["detector"]
+        print(f"detector: VDT within 25 % of the truth for {d['vdt_within_25']}/{d['vdt_cases']} matched solid nodules "
+              f">= 6 mm with >= 25 % volume change; study Lung-RADS follow-up category equal to the truth's in "
+              f"{d['category_agreement']}/{len(pairs)} studies")
     if args.out:
         args.out.write_text(json.dumps({"summary": summary, "pairs": pairs}, indent=1))
     return 0
