@@ -1,7 +1,9 @@
 """Comparison with the prior CT inside the analysis job: detect on the prior, register, match, compare.
 
 When the prior lookup (``[priors]``, :mod:`pacs_node.priors`) found the patient's prior CT and
-its series is in the spool, the job runs the same detector on it, registers the prior to
+its series is in the spool, the job takes the prior's nodules from our own earlier SR of that
+study when the lookup fetched one (the cheapest and most consistent prior: matched nodules keep
+its Tracking UIDs), else runs the same detector on the prior; it registers the prior to
 the current CT on the lungs (:mod:`pacs_node.compare.register`), matches the nodules with a
 size-scaled gate (:mod:`pacs_node.compare.match`), and gives every current finding its
 :class:`~pacs_node.imaging.lungrads_followup.NoduleComparison` (new, or the change since the
@@ -25,11 +27,12 @@ from sqlalchemy import Engine, select
 
 from pacs_node.db.models import Instance, PriorStatus, Series
 from pacs_node.db.priors import LookupRow
-from pacs_node.imaging.findings import Finding
+from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.imaging.growth import Acquisition
 from pacs_node.imaging.lungrads_followup import compare_nodule
 from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.report.prior import PriorStatement
+from pacs_node.report.read import read_findings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,26 @@ def _prior_datasets(engine: Engine, spool_root: Path, series_uid: str) -> list[D
     return [dcmread(spool_root / path) for path in paths]
 
 
+def _our_findings(engine: Engine, spool_root: Path, sr_uid: str) -> list[Finding] | None:
+    """The findings of our own earlier SR of the prior study (with their tracking UIDs), if its
+    file is in the spool and readable; ``None`` otherwise."""
+    with engine.connect() as connection:
+        path = connection.scalar(select(Instance.path).where(Instance.sop_instance_uid == sr_uid,
+                                                             Instance.purged_at.is_(None)))
+    if path is None:
+        return None
+    try:
+        nodules = read_findings(dcmread(spool_root / path))
+        return [Finding(tuple(n["center_lps_mm"]), n["long_axis_mm"], n["short_axis_mm"], n["volume_mm3"] or 0.0,
+                        NoduleType(n["nodule_type"]), n["score"] if n["score"] is not None else 1.0,
+                        mean_hu=n["mean_hu"] or 0.0, solid_core_mm=n["solid_core_mm"], spiculated=n["spiculated"],
+                        tracking_uid=n["tracking_uid"])
+                for n in nodules]
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # not a report we can read: detect instead
+        log.warning("event=prior_sr_unreadable reason=%s", type(exc).__name__)
+        return None
+
+
 def _resolved_line(finding: Finding) -> str:
     return (f"A {finding.diameter_mm:.1f} mm {finding.nodule_type.value} nodule on the prior CT is not seen "
             f"on this CT (resolved, or missed by the AI).")
@@ -104,10 +127,11 @@ def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: 
     if interval is None or interval < 0:
         why = "the study dates do not give the interval"
         return FollowUp(findings, prior_statement(row, reason=why), {"error": why})
+    ours = _our_findings(engine, spool_root, row.our_sr_uid) if row.our_sr_uid else None
     try:
         prior = _prior_datasets(engine, spool_root, row.series_uid)
         prior_volume = volume_from_datasets(prior)
-        prior_findings = detector.detect(prior_volume)  # type: ignore[attr-defined]
+        prior_findings = ours if ours is not None else detector.detect(prior_volume)  # type: ignore[attr-defined]
         registration = register(prior_volume, current_volume)
     except (NotAnalysable, OSError, ValueError) as exc:
         log.warning("event=comparison_failed reason=%s", type(exc).__name__)
@@ -115,13 +139,17 @@ def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: 
         return FollowUp(findings, prior_statement(row, reason=why), {"error": why})
     matching = match_nodules(prior_findings, findings, to_current=registration.map_points)
     prior_scan, current_scan = _acquisition(prior[0]), _acquisition(current[0])
-    compared = [
-        dataclasses.replace(finding, comparison=compare_nodule(
-            finding, None if index is None else prior_findings[index], interval, prior_scan, current_scan))
-        for finding, index in zip(findings, matching.current_to_prior, strict=True)
-    ]
+    compared = []
+    for finding, index in zip(findings, matching.current_to_prior, strict=True):
+        before = None if index is None else prior_findings[index]
+        comparison = compare_nodule(finding, before, interval, prior_scan, current_scan)
+        # a nodule our earlier report named keeps its Tracking UID: viewers follow it across studies
+        uid = before.tracking_uid if before is not None and ours is not None else finding.tracking_uid
+        compared.append(dataclasses.replace(finding, comparison=comparison, tracking_uid=uid))
     resolved = [_resolved_line(prior_findings[i]) for i in matching.resolved]
-    summary = {"interval_days": interval, "prior_findings": len(prior_findings), "matched": len(matching.matches),
+    summary = {"interval_days": interval, "prior_findings": len(prior_findings),
+               "prior_findings_from": "our earlier report" if ours is not None else "detection",
+               "matched": len(matching.matches),
                "new": len(matching.new), "resolved": len(matching.resolved),
                "registration": registration.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
     log.info("event=comparison_done matched=%d new=%d resolved=%d seconds=%.2f", summary["matched"],

@@ -121,3 +121,47 @@ def test_a_found_prior_is_compared_nodule_by_nodule(study, tmp_path: Path) -> No
     assert grown["vdt_days"] == pytest.approx(300, rel=0.25), "VDT within 25 % of the truth"
     assert changes["stable"]["change"] == "stable"
     assert outcome.result["series"][0]["comparison"]["matched"] == 2
+
+
+def test_our_earlier_report_is_the_prior_and_its_tracking_uids_carry_over(study, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    from pacs_node.analyze.pipeline import DeviceInfo, SR_SERIES_NUMBER
+    from pacs_node.report.identity import ObjectIdentity
+    from pacs_node.report.sr import AlgorithmInfo, ReportOutcome, build_report
+
+    _, _, settings, engine = study
+    settings = _settings(settings, 60)
+    fu = generate_followup(930501, 2, interval_days=365, shape_zyx=(72, 160, 160), spacing_zyx_mm=(2.5, 1.8, 1.8),
+                           n_nodules=2, nodule_types=["solid"], diameter_range_mm=(8.0, 12.0),
+                           courses=["growing", "stable"], vdt_days=300.0, n_new=0)
+    write_followup(fu, tmp_path / "patient")
+    detector = _TruthPerStudy(fu.timepoints)
+    baseline_folder = tmp_path / "patient" / "t0" / "series"
+    earlier = detector.detect(pacs_volume(baseline_folder))  # what our report said last year
+    source = [pydicom.dcmread(path) for path in sorted(baseline_folder.glob("*.dcm"))]
+    report = build_report(source, earlier, outcome=ReportOutcome.analysed(), device=DeviceInfo("pacs-node project",
+                          "pacs-node", "0.1.0", "t"), algorithm=AlgorithmInfo("truth", "0", synthetic_data=True),
+                          identity=ObjectIdentity.fresh(SR_SERIES_NUMBER))
+    (tmp_path / "our-sr").mkdir()
+    report.save_as(tmp_path / "our-sr" / "sr.dcm", enforce_file_format=True)
+    _receive(baseline_folder, settings.storage.spool_dir, engine)
+    _receive(tmp_path / "our-sr", settings.storage.spool_dir, engine)
+    assert _job(engine) is not None  # (the prior study's own job, left aside)
+    _receive(tmp_path / "patient" / "t1" / "series", settings.storage.spool_dir, engine)
+    baseline = fu.timepoints[0].phantom
+    row = LookupRow(PriorStatus.FOUND, source="pacs", study_uid=baseline.study_uid, study_date="20260101",
+                    series_uid=baseline.series_uid, instances=72, our_sr_uid=str(report.SOPInstanceUID))
+    calls = []
+    detector.detect = (lambda volume, seen=detector.detect: calls.append(volume) or seen(volume))  # type: ignore[method-assign]
+    outcome = WithPriors(Analysis(settings, detector), settings, finder=_Finder(row))(engine, _job(engine))
+    assert len(calls) == 1, "only the current CT is detected on: the prior's nodules come from our report"
+    assert outcome.result["series"][0]["comparison"]["prior_findings_from"] == "our earlier report"
+    sr = pydicom.dcmread(settings.storage.spool_dir / outcome.objects[0][3])
+    now = read_findings(sr)
+    assert {n["tracking_uid"] for n in now} == {f.tracking_uid for f in earlier}, "each nodule keeps its Tracking UID"
+    assert all(n["prior_diameter_mm"] is not None for n in now)
+
+
+def pacs_volume(folder: Path):  # noqa: ANN201
+    from pacs_node.imaging.volume import volume_from_datasets
+
+    return volume_from_datasets([pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))])
