@@ -78,6 +78,8 @@ def test_allow_list_sees_the_scanners_behind_haproxy(node_behind_haproxy, tmp_pa
         assert db.count(Instance) == 3
     finally:
         db.close()
+    # the node logs an association after the caller has its answer: wait for the last one
+    wait_until(lambda: f"peer={SCANNER_5} calling_ae=CT_ONE" in node.output(), timeout=10)
     log = node.output()
     assert re.search(r"event=association_accepted assoc=\d+ peer=127\.0\.0\.1 calling_ae=CT_ONE", log)
     assert f"peer={SCANNER_5} calling_ae=CT_FIVE" in log and f"peer={SCANNER_5} calling_ae=CT_ONE" in log
