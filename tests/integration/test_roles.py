@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,8 @@ def test_a_receiver_and_a_worker_process_split_the_work(orthanc, tmp_path: Path)
         assert storescu(receiver_port, series).returncode == 0
         wait_until(lambda: any(i["Modality"] == "SR" and i["StudyInstanceUID"] == phantom.study_uid
                                for i in orthanc.instances()), timeout=120, interval=0.5)
-        time.sleep(0.5)
+        # the delivery is logged once Orthanc has answered: wait for the line, not a fixed time
+        wait_until(lambda: "event=delivery_sent" in logs["worker"].read_text(), timeout=30)
         receiver_log, worker_log = logs["receiver"].read_text(), logs["worker"].read_text()
         assert "roles=receive " in receiver_log and "worker=off sender=off" in receiver_log
         assert "event=study_complete" in receiver_log + worker_log
