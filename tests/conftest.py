@@ -36,6 +36,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _postgres_reachable() -> bool:
     try:
         engine = create_engine(POSTGRES_URL)
@@ -195,17 +201,13 @@ def start_node(folder: Path, database_url: str, port: int | None = None, **secti
     )
     node = RunningNode(process, port, config, folder / "spool", database_url, log)
 
-    def listening() -> bool:
+    def up() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"node exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return listening(port)
 
     try:
-        wait_until(listening, timeout=30)
+        wait_until(up, timeout=30)
     except BaseException:
         process.kill()
         process.wait()

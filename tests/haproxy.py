@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import free_port, listening, wait_until
 
 HAPROXY = Path("/usr/sbin/haproxy")
 MISSING = f"{HAPROXY} is missing (`make test` installs the Debian package haproxy, as root)"
-
-
-def listening(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 class HAProxy:

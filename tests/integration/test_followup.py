@@ -5,25 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from pacs_node.ml.phantom import generate_followup, write_followup
 from pacs_node.report.read import read_findings, read_study_summary
 from tests.conftest import REPO, free_port, storescu, wait_until
+from tests.integration.test_end_to_end import _reports
 from tests.integration.test_priors import _orthanc
 
 pytestmark = pytest.mark.integration
 
 
 def _our_sr(orthanc, study_uid: str, folder: Path):  # noqa: ANN001, ANN202
-    for orthanc_id in orthanc.get("/instances"):
-        tags = orthanc.get(f"/instances/{orthanc_id}/simplified-tags")
-        if tags["StudyInstanceUID"] == study_uid and tags["Modality"] == "SR":
-            path = folder / f"{orthanc_id}.dcm"
-            path.write_bytes(orthanc.get_bytes(f"/instances/{orthanc_id}/file"))
-            return pydicom.dcmread(path)
-    return None
+    """Our SR of a study in Orthanc, or ``None`` until it is there."""
+    srs, _ = _reports(orthanc, study_uid, folder)
+    return srs[0] if srs else None
 
 
 def test_the_sr_in_pacs_reports_the_change_since_the_prior(node_factory, tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pacs_node.ml.phantom import generate_phantom, write_dicom_study
-from tests.conftest import REPO, free_port, storescu, wait_until, write_config
+from tests.conftest import REPO, free_port, listening, storescu, wait_until, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +24,6 @@ def _serve(config: Path, log: Path) -> subprocess.Popen:
         raise
     assert process.poll() is None, log.read_text()
     return process
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_receiver_and_a_worker_process_split_the_work(orthanc, tmp_path: Path) -> None:
@@ -54,7 +48,7 @@ def test_a_receiver_and_a_worker_process_split_the_work(orthanc, tmp_path: Path)
     receiver = _serve(receiver_config, logs["receiver"])
     worker = _serve(worker_config, logs["worker"])
     try:
-        assert _listening(receiver_port) and not _listening(worker_port), "only the receiver opens a DICOM port"
+        assert listening(receiver_port) and not listening(worker_port), "only the receiver opens a DICOM port"
         phantom = generate_phantom(424243, shape_zyx=(48, 192, 192), spacing_zyx_mm=(1.25, 1.6, 1.6),
                                    n_nodules=1, nodule_types=["solid"], diameter_range_mm=(12.0, 18.0))
         series = Path(write_dicom_study(phantom, tmp_path / "study").series_dir)
