@@ -57,6 +57,8 @@ TRAIN_SEED = 1
 V2_PHANTOM_SEED = 30300
 V2_STUDIES = 96
 V3_CLASSIC_STUDIES = 48
+V4_PHANTOM_SEED = 41400
+V4_STUDIES = 48
 
 
 def v2_front_end() -> FrontEndConfig:
@@ -71,6 +73,16 @@ def v2_front_end() -> FrontEndConfig:
 
 def recipe(name: str, out: Path, studies: int | None, steps: int) -> TrainConfig:
     """The training configuration of a bundled model."""
+    if name == "v4":
+        v3 = recipe("v3", out, studies, steps)
+        return replace(
+            v3, version="4.0.0",
+            description="Lung nodule detector trained only on synthetic chest CT phantoms: v3's "
+                        "domain-randomised (Variation.wide()) and classic studies plus 48 more wide ones, "
+                        "model-mined hard negatives (pacs_node.ml.phantom)",
+            extra_phantoms=v3.extra_phantoms + (
+                PhantomSet(count=V4_STUDIES, seed=V4_PHANTOM_SEED, variation=Variation.wide()),),
+            lr=7e-4, init_weights=Path("models/lung-nodule-synthetic-v3/weights.pt"))
     if name == "v3":
         v2 = recipe("v2", out, studies, steps)
         return replace(
@@ -99,7 +111,7 @@ def recipe(name: str, out: Path, studies: int | None, steps: int) -> TrainConfig
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", choices=("v1", "v2", "v3"), default="v3")
+    ap.add_argument("--recipe", choices=("v1", "v2", "v3", "v4"), default="v3")
     ap.add_argument("--out", type=Path, default=None, help="default models/lung-nodule-synthetic-RECIPE")
     ap.add_argument("--cache", type=Path, default=None, help="default var/cache/phantom-train[-RECIPE]")
     ap.add_argument("--studies", type=int, default=None)
