@@ -70,10 +70,11 @@ def symmetry(x: torch.Tensor, offset: torch.Tensor, perm: Sequence[int], flips: 
     return x, offset
 
 
-def augment(fine: np.ndarray, context: np.ndarray, offset: np.ndarray, rng: np.random.Generator,
+def augment(patches: Sequence[np.ndarray], offset: np.ndarray, rng: np.random.Generator,
             params: AugmentParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augmented HU patches ``B x 2 x P x P x P`` (``float32``) and their offsets ``B x 3`` (mm)."""
-    x = torch.from_numpy(np.stack([fine, context], axis=1).astype(np.float32))
+    """Augmented HU patches ``B x C x P x P x P`` (``float32``; ``patches``: one ``B x P x P x P``
+    array per channel, finest first) and their offsets ``B x 3`` (mm)."""
+    x = torch.from_numpy(np.stack(patches, axis=1).astype(np.float32))
     off = torch.from_numpy(offset.astype(np.float32))
     b = len(x)
     xs, offs = [], []
@@ -106,6 +107,7 @@ def augment(fine: np.ndarray, context: np.ndarray, offset: np.ndarray, rng: np.r
         noise = torch.randn((k, *x.shape[1:]), generator=gen)
         if rng.random() < 0.5:
             noise = _smooth3(noise) / _SMOOTH3_NOISE_STD  # spatially correlated, same std
-        noise[:, 1] *= 0.5  # the context channel averages 8 fine voxels
+        for channel in range(1, noise.shape[1]):  # channel k averages 8**k fine voxels
+            noise[:, channel] *= 0.5**channel
         x[torch.from_numpy(sel)] += noise * sd.view(-1, 1, 1, 1, 1)
     return x, off

@@ -62,7 +62,7 @@ def batches(data: PatchStore, rng: np.random.Generator, batch_size: int, positiv
 
 
 class Batch(NamedTuple):
-    """Network input (``B x 2 x P x P x P``, normalised HU) and targets of one batch."""
+    """Network input (``B x C x P x P x P``, normalised HU) and targets of one batch."""
 
     x: torch.Tensor
     label: torch.Tensor
@@ -80,12 +80,11 @@ class Batch(NamedTuple):
 def make_batch(data: PatchStore, idx: np.ndarray, rng: np.random.Generator | None, patch_size: int,
                hu_window: tuple[float, float], params: AugmentParams | None = None) -> Batch:
     """Read, crop to ``patch_size`` and (with ``rng``) augment the samples ``idx`` (CPU tensors)."""
-    fine, context = data.read(idx)
-    fine, context = center_crop(fine, patch_size), center_crop(context, patch_size)
+    patches = [center_crop(p, patch_size) for p in data.read(idx)]
     if rng is not None:
-        x, off = augment(fine, context, data.offset[idx], rng, params or AugmentParams())
+        x, off = augment(patches, data.offset[idx], rng, params or AugmentParams())
     else:
-        x = torch.from_numpy(np.stack([fine, context], axis=1).astype(np.float32))
+        x = torch.from_numpy(np.stack(patches, axis=1).astype(np.float32))
         off = torch.from_numpy(data.offset[idx].astype(np.float32))
     return Batch(normalise_hu(x, hu_window), torch.from_numpy(data.label[idx].astype(np.float32)),
                  torch.from_numpy(data.type[idx].astype(np.int64)),

@@ -28,7 +28,7 @@ from pacs_node.ml.lungs import LungMask
 from pacs_node.ml.measure import measure_nodule
 from pacs_node.ml.modelcard import ModelCard, ModelError, read_model_card, sha256_file
 from pacs_node.ml.network import TYPE_NAMES, NoduleNet, fused_for_inference, normalise_hu
-from pacs_node.ml.patches import extract_patches, patch_centres
+from pacs_node.ml.patches import HalfGrid, extract_patches, patch_centres
 from pacs_node.ml.preprocess import FrontEnd, run_front_end
 
 log = logging.getLogger(__name__)
@@ -205,25 +205,27 @@ class Detector:
             return Scored(np.empty((0, 3)), np.empty(0), np.empty((0, len(TYPE_NAMES))), np.empty(0))
         pc = patch_centres(fine.world_to_index(centres_lps_mm))
         flips = FLIP_SETS[self.card.inference.flips]
-        score, type_prob, log_diameter, offset = self._forward(fine, pc, flips[:1])
+        half = HalfGrid(fine.array) if cfg.channels == 3 else None  # shared by every batch's wide patches
+        score, type_prob, log_diameter, offset = self._forward(fine, pc, flips[:1], half)
         again = np.flatnonzero(score >= self.card.inference.rescore_above) if len(flips) > 1 else np.empty(0, int)
         if len(again):
-            more = self._forward(fine, pc[again], flips[1:])
+            more = self._forward(fine, pc[again], flips[1:], half)
             k = len(flips)
             for total, extra in zip((score, type_prob, log_diameter, offset), more, strict=True):
                 total[again] = (total[again] + (k - 1) * extra) / k
         refined = fine.index_to_world(pc - 0.5 + offset / cfg.fine_mm)
         return Scored(refined, score, type_prob, np.exp(log_diameter))
 
-    def _forward(self, fine: Grid, pc: np.ndarray, flips: tuple[tuple[int, ...], ...]
+    def _forward(self, fine: Grid, pc: np.ndarray, flips: tuple[tuple[int, ...], ...], half: HalfGrid | None = None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Mean over ``flips`` of score, type probabilities, log diameter and offset (mm, unflipped)."""
         cfg = self.card.network
         outputs: list[list[np.ndarray]] = [[], [], [], []]
         with torch.inference_mode():
             for s in range(0, len(pc), self.batch_size):
-                f, c = extract_patches(fine, pc[s:s + self.batch_size], cfg.patch_size)
-                x = normalise_hu(np.stack([f, c], axis=1), cfg.hu_window).to(self.device)
+                patches = extract_patches(fine, pc[s:s + self.batch_size], cfg.patch_size, channels=cfg.channels,
+                                          half=half)
+                x = normalise_hu(np.stack(patches, axis=1), cfg.hu_window).to(self.device)
                 sums = [0.0, 0.0, 0.0, 0.0]
                 for axes in flips:
                     flipped = torch.flip(x, [2 + a for a in axes]) if axes else x

@@ -1,11 +1,12 @@
-"""The candidate classifier: a small 3D CNN on two co-centred patches (24³ voxels by default).
+"""The candidate classifier: a small 3D CNN on co-centred patches (24³ voxels by default).
 
-Input (``B x 2 x P x P x P``, ``P = patch_size``, 24 by default): channel 0 is the fine patch
-(``P`` voxels of 1 mm around the candidate), channel 1 the context patch (``P``
-voxels of 2 mm around the same point), both in HU normalised by :func:`normalise_hu`
-and indexed ``[z, y, x]`` along S, P, L (any of the 48 axis symmetries is fine: the
-network is trained with all of them).  The geometric centre of a patch is the point
-between its two middle voxels.
+Input (``B x C x P x P x P``, ``P = patch_size``, 24 by default, ``C = channels``): channel 0
+is the fine patch (``P`` voxels of 1 mm around the candidate), channel 1 the context patch
+(``P`` voxels of 2 mm around the same point) and, with ``channels = 3``, channel 2 the
+wide patch (``P`` voxels of 4 mm: 96 mm, enough for a 30 mm nodule and what surrounds
+it), all in HU normalised by :func:`normalise_hu` and indexed ``[z, y, x]`` along S, P, L
+(any of the 48 axis symmetries is fine: the network is trained with all of them).  The
+geometric centre of a patch is the point between its two middle voxels.
 
 Heads (:class:`NetOutput`): ``logit`` (nodule or not), ``type_logits`` over
 :data:`TYPE_NAMES`, ``log_diameter`` (natural log of the diameter in mm) and
@@ -50,6 +51,9 @@ class NetworkConfig:
         Dropout before the heads (training only).
     hu_window
         HU window the input is clipped to, then mapped to ``[-1, 1]``.
+    channels
+        Input patches: 2 (fine and context) or 3 (also the wide patch of ``4 * fine_mm``
+        voxels).  Models before v4 have 2.
     """
 
     patch_size: int = 24
@@ -61,6 +65,7 @@ class NetworkConfig:
     hidden: int = 128
     dropout: float = 0.2
     hu_window: tuple[float, float] = (-1100.0, 400.0)
+    channels: int = 2
 
     def __post_init__(self) -> None:
         if self.patch_size % 8 or self.patch_size < 16:
@@ -73,6 +78,8 @@ class NetworkConfig:
             raise ValueError(f"stem_stride must be 1 or 2, got {self.stem_stride}")
         if self.context_mm < self.fine_mm:
             raise ValueError("context_mm must be >= fine_mm")
+        if self.channels not in (2, 3):
+            raise ValueError(f"channels must be 2 or 3, got {self.channels}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values for ``model.toml``."""
@@ -124,7 +131,7 @@ class NoduleNet(nn.Module):
         self.config = config or NetworkConfig()
         w0, w1, w2, w3 = self.config.widths
         self.features = nn.Sequential(
-            _conv(2, w0, self.config.stem_stride),
+            _conv(self.config.channels, w0, self.config.stem_stride),
             _conv(w0, w1, 3 - self.config.stem_stride), _conv(w1, w1, 1),
             _conv(w1, w2, 2), _conv(w2, w2, 1),
             _conv(w2, w3, 2), _conv(w3, w3, 1),
@@ -142,7 +149,7 @@ class NoduleNet(nn.Module):
         self.head = nn.Linear(self.config.hidden, 1 + len(TYPE_NAMES) + 1 + 3)
 
     def forward(self, x: torch.Tensor) -> NetOutput:
-        """Score a batch ``B x 2 x P x P x P`` of normalised patches."""
+        """Score a batch ``B x C x P x P x P`` of normalised patches."""
         h = self.head(self.trunk(self.features(x)))
         n = len(TYPE_NAMES)
         return NetOutput(h[:, 0], h[:, 1 : 1 + n], h[:, 1 + n] + float(np.log(8.0)), h[:, 2 + n : 5 + n] * 4.0)
@@ -166,6 +173,23 @@ def fused_for_inference(model: NoduleNet) -> NoduleNet:
             layers.append(layer)
     fused.features = nn.Sequential(*layers)
     return fused
+
+
+def widen_input(state: dict[str, torch.Tensor], model: NoduleNet) -> dict[str, torch.Tensor]:
+    """``state`` (weights of a network with fewer input channels) made loadable into ``model``.
+
+    The stem's kernels for the added channels start at zero, so the widened network
+    computes exactly what the narrower one did until training teaches it to use them.
+    Any other difference is left for ``load_state_dict`` to report.
+    """
+    key = "features.0.0.weight"
+    theirs, ours = state.get(key), model.state_dict().get(key)
+    if theirs is None or ours is None or theirs.shape == ours.shape or theirs.shape[1] > ours.shape[1] \
+            or theirs.shape[0] != ours.shape[0] or theirs.shape[2:] != ours.shape[2:]:
+        return state
+    widened = torch.zeros_like(ours)
+    widened[:, : theirs.shape[1]] = theirs
+    return {**state, key: widened}
 
 
 def count_parameters(model: nn.Module) -> int:

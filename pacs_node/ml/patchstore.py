@@ -3,7 +3,7 @@
 One folder per case in the cache, ``<case_id>-<fingerprint>/``, written whole (to a
 temporary folder, then renamed, so a folder that exists is complete):
 
-``fine.npy``, ``context.npy``
+``fine.npy``, ``context.npy`` (and ``wide.npy`` for three-channel samples)
     ``N x P x P x P`` ``int16`` HU patches, uncompressed ``.npy`` so that one patch
     is one contiguous run of bytes at a known offset.
 ``targets.npz``
@@ -31,7 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-PATCH_FILES = ("fine", "context")
+from pacs_node.ml.patches import CHANNEL_NAMES
+
+#: The patch files of a case, finest first; ``wide`` only for three-channel samples.
+PATCH_FILES = CHANNEL_NAMES
 TARGET_FIELDS = ("label", "type", "diameter", "offset", "kind")
 STAT_FIELDS = ("n_candidates", "n_nodules", "n_found", "scale")
 TARGETS_FILE = "targets.npz"
@@ -51,7 +54,8 @@ def write_case(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp.mkdir(parents=True)
     try:
         for name in PATCH_FILES:
-            np.save(tmp / f"{name}.npy", np.ascontiguousarray(arrays[name]))
+            if name in arrays:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(arrays[name]))
         np.savez(tmp / TARGETS_FILE, **{k: arrays[k] for k in TARGET_FIELDS + STAT_FIELDS})
         try:
             os.replace(tmp, path)
@@ -85,7 +89,8 @@ def read_case(path: Path) -> dict[str, np.ndarray]:
     with np.load(path / TARGETS_FILE) as z:
         out = {k: z[k] for k in z.files}
     for name in PATCH_FILES:
-        out[name] = np.load(path / f"{name}.npy")
+        if (path / f"{name}.npy").is_file():
+            out[name] = np.load(path / f"{name}.npy")
     return out
 
 
@@ -108,7 +113,10 @@ class PatchStore:
     paths
         Case folders written by :func:`write_case`, in order (``case_index`` counts them).
     max_open_cases
-        Most cases whose two patch files are open at once (least recently used closed first).
+        Most cases whose patch files are open at once (least recently used closed first).
+    channels
+        Patch files read per sample (the first ``channels`` of :data:`PATCH_FILES`);
+        every case must have them.
 
     Attributes
     ----------
@@ -124,7 +132,10 @@ class PatchStore:
         Patch bytes read so far.
     """
 
-    def __init__(self, paths: Sequence[Path], max_open_cases: int = 64) -> None:
+    def __init__(self, paths: Sequence[Path], max_open_cases: int = 64, channels: int = 2) -> None:
+        if not 1 <= channels <= len(PATCH_FILES):
+            raise ValueError(f"channels must be 1 to {len(PATCH_FILES)}, got {channels}")
+        self.files = PATCH_FILES[:channels]
         if not paths:
             raise ValueError("no cached cases to open")
         if max_open_cases < 1:
@@ -145,7 +156,9 @@ class PatchStore:
                 self.stats["found"] += int(z["n_found"])
                 self.stats["candidates"] += int(z["n_candidates"])
             case_offsets = []
-            for name in PATCH_FILES:
+            for name in self.files:
+                if not (path / f"{name}.npy").is_file():
+                    raise ValueError(f"{path.name}: no {name}.npy: the cache holds fewer channels than the network takes")
                 off, shape, dtype = _npy_layout(path / f"{name}.npy")
                 if shape[0] != n or (layout is not None and (shape[1:], dtype) != layout and n):
                     raise ValueError(f"{path.name}: {name}.npy holds {shape} {dtype}, expected {n} patches like the others")
@@ -188,14 +201,14 @@ class PatchStore:
             _, old = self._open.popitem(last=False)
             for fd in old:
                 os.close(fd)
-        fds = tuple(os.open(self.paths[case] / f"{name}.npy", os.O_RDONLY) for name in PATCH_FILES)
+        fds = tuple(os.open(self.paths[case] / f"{name}.npy", os.O_RDONLY) for name in self.files)
         self._open[case] = fds
         return fds
 
-    def read(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Fine and context patches (``len(idx) x P x P x P``) of the samples ``idx``, in that order."""
+    def read(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The patches (one ``len(idx) x P x P x P`` array per channel, finest first) of the samples ``idx``."""
         idx = np.asarray(idx, dtype=np.int64).reshape(-1)
-        out = tuple(np.empty((len(idx), *self.patch_shape), dtype=self.dtype) for _ in PATCH_FILES)
+        out = tuple(np.empty((len(idx), *self.patch_shape), dtype=self.dtype) for _ in self.files)
         nb = self._patch_bytes
         order = np.lexsort((self.row[idx], self.case_index[idx]))  # file order: fewer seeks
         with self._lock:
@@ -205,8 +218,8 @@ class PatchStore:
                     got = os.preadv(fd, [memoryview(arr[j]).cast("B")], base + row * nb)
                     if got != nb:
                         raise OSError(f"{self.paths[case].name}: patch file truncated at row {row}")
-            self.bytes_read += 2 * nb * len(idx)
-        return out  # type: ignore[return-value]
+            self.bytes_read += len(self.files) * nb * len(idx)
+        return out
 
     def close(self) -> None:
         """Close every open file."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from pacs_node.ml.cases import Case, PhantomSet, load_case_volume
 from pacs_node.ml.network import TYPE_NAMES
-from pacs_node.ml.patches import extract_patches, patch_centres
+from pacs_node.ml.patches import CHANNEL_NAMES, extract_patches, patch_centres
 from pacs_node.ml.preprocess import FrontEndConfig, fine_grid, run_front_end
 
 #: Version of the sampling and of the cache layout; part of every fingerprint.
@@ -48,6 +48,9 @@ class SampleParams:
         Range of the spacing jitter (magnification of the fine grid).
     ambiguous_mm
         Candidates between ``R`` and ``R + ambiguous_mm`` from a nodule are not used.
+    channels
+        Patch channels stored: 2 (fine, context) or 3 (also wide; see
+        :data:`~pacs_node.ml.patches.CHANNEL_NAMES`), as the network takes them.
     """
 
     patch_size: int = 32
@@ -58,6 +61,7 @@ class SampleParams:
     max_jitter_mm: float = 5.0
     scale_range: tuple[float, float] = (0.9, 1.1)
     ambiguous_mm: float = 3.0
+    channels: int = 2
 
 
 def fingerprint(front_end: FrontEndConfig, params: SampleParams, seed: int,
@@ -68,7 +72,10 @@ def fingerprint(front_end: FrontEndConfig, params: SampleParams, seed: int,
     (variation included, ``count`` not) enter the hash, so that studies of the same
     seed drawn from another generator setting never reuse each other's samples.
     """
-    blob = {"v": CACHE_VERSION, "fe": front_end.to_dict(), "sp": asdict(params), "seed": seed}
+    sample = asdict(params)
+    if sample["channels"] == 2:  # caches written before there was a choice stay valid
+        del sample["channels"]
+    blob = {"v": CACHE_VERSION, "fe": front_end.to_dict(), "sp": sample, "seed": seed}
     if phantoms is not None:
         blob["phantoms"] = phantoms.generation_dict()
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -86,7 +93,8 @@ def build_case(case: Case, front_end: FrontEndConfig, params: SampleParams, seed
     Returns
     -------
     dict[str, np.ndarray]
-        ``fine``, ``context`` (``N x P x P x P`` ``int16`` HU), ``label`` (1 nodule,
+        ``fine``, ``context`` and with 3 channels ``wide`` (``N x P x P x P`` ``int16``
+        HU), ``label`` (1 nodule,
         0 not), ``type`` (index into :data:`TYPE_NAMES`, -1 unknown or negative),
         ``diameter`` (apparent mm, 0 for negatives), ``offset`` (``N x 3``, apparent
         mm, nodule centre minus patch centre along the fine grid's z, y, x), ``kind``
@@ -156,13 +164,13 @@ def build_case(case: Case, front_end: FrontEndConfig, params: SampleParams, seed
         "scale": np.array(scale),
     }
     if n == 0:
-        out.update(fine=np.zeros((0, p, p, p), np.int16), context=np.zeros((0, p, p, p), np.int16),
-                   label=np.zeros(0, np.int8), type=np.zeros(0, np.int8), diameter=np.zeros(0, np.float32),
+        out.update({name: np.zeros((0, p, p, p), np.int16) for name in CHANNEL_NAMES[:params.channels]})
+        out.update(label=np.zeros(0, np.int8), type=np.zeros(0, np.int8), diameter=np.zeros(0, np.float32),
                    offset=np.zeros((0, 3), np.float32), kind=np.zeros(0, np.int8))
         return out
     idx = grid.world_to_index(np.array(points))
     pc = patch_centres(idx)
-    fine, context = extract_patches(grid, pc, p, dtype=np.int16)
+    patches = extract_patches(grid, pc, p, dtype=np.int16, channels=params.channels)
     owner_a = np.array(owner)
     offset = np.zeros((n, 3), dtype=np.float32)
     diameter = np.zeros(n, dtype=np.float32)
@@ -174,6 +182,7 @@ def build_case(case: Case, front_end: FrontEndConfig, params: SampleParams, seed
         diameter[pos] = radii[owner_a[pos]] * 2 * scale
         types[pos] = [TYPE_NAMES.index(nodules[o].type) if nodules[o].type in TYPE_NAMES else -1
                       for o in owner_a[pos]]
-    out.update(fine=fine, context=context, label=np.array(labels, np.int8), type=types, diameter=diameter,
+    out.update(zip(CHANNEL_NAMES, patches))
+    out.update(label=np.array(labels, np.int8), type=types, diameter=diameter,
                offset=offset, kind=np.array(kinds, np.int8))
     return out

@@ -35,7 +35,7 @@ from pacs_node.ml.losses import losses
 from pacs_node.ml.mining import MiningParams, hard_pool, score_samples
 from pacs_node.ml.modelcard import Inference, ModelCard, Thresholds
 from pacs_node.ml.modelfolder import card_extra, jsonable, write_model
-from pacs_node.ml.network import NetworkConfig, NoduleNet, count_parameters
+from pacs_node.ml.network import NetworkConfig, NoduleNet, count_parameters, widen_input
 from pacs_node.ml.patchcache import build_cache
 from pacs_node.ml.patchstore import PatchStore
 from pacs_node.ml.precision import Precision, select_device, select_precision
@@ -165,6 +165,9 @@ def training_cases(data_dir: Path, fmt: str, cfg: TrainConfig) -> list[Case]:
 def _check(cfg: TrainConfig) -> None:
     if cfg.network.patch_size > cfg.samples.patch_size or (cfg.samples.patch_size - cfg.network.patch_size) % 2:
         raise ValueError("samples.patch_size must be network.patch_size plus an even number of voxels")
+    if cfg.network.channels != cfg.samples.channels:
+        raise ValueError(f"network.channels ({cfg.network.channels}) and samples.channels "
+                         f"({cfg.samples.channels}) differ")
     if abs(cfg.network.fine_mm - cfg.front_end.fine_mm) > 1e-9:
         raise ValueError("network.fine_mm and front_end.fine_mm differ")
     if cfg.prefetch is not None and cfg.prefetch < 0:
@@ -226,8 +229,9 @@ def train(data_dir: Path, fmt: str, out_dir: Path, *, epochs: int = 8, seed: int
     cache_s = time.perf_counter() - t
     if not train_paths:
         raise ValueError(f"no training case could be cached under {cache_dir} (see the case_failed lines)")
-    train_data = PatchStore(train_paths, max_open_cases=cfg.max_open_cases)
-    val_data = PatchStore(val_paths, max_open_cases=cfg.max_open_cases) if val_paths else None
+    channels = cfg.network.channels
+    train_data = PatchStore(train_paths, max_open_cases=cfg.max_open_cases, channels=channels)
+    val_data = PatchStore(val_paths, max_open_cases=cfg.max_open_cases, channels=channels) if val_paths else None
     st = train_data.stats
     say(f"cache ready in {cache_s:.0f}s: train cases={st['cases']} samples={len(train_data)} "
         f"positives={int(train_data.label.sum())} candidate_recall={st['found']}/{st['nodules']} "
@@ -259,7 +263,8 @@ def train(data_dir: Path, fmt: str, out_dir: Path, *, epochs: int = 8, seed: int
     elif resume:
         say(f"no checkpoint at {last}; starting from scratch")
     if start_epoch == 0 and cfg.init_weights is not None:
-        model.load_state_dict(torch.load(cfg.init_weights, map_location=dev, weights_only=True), strict=True)
+        weights = torch.load(cfg.init_weights, map_location=dev, weights_only=True)
+        model.load_state_dict(widen_input(weights, model), strict=True)  # e.g. a 2-channel model's into 3
         say(f"initialised from {cfg.init_weights}")
     say(f"model parameters={count_parameters(model)} device={dev} precision={precision.name} "
         f"threads={torch.get_num_threads()} prefetch={prefetch} epochs={epochs} steps_per_epoch={steps} "
