@@ -3,6 +3,11 @@
 
     nice -n 5 .venv/bin/python scripts/train_synthetic_model.py --recipe v3 --epochs 6 --steps-per-epoch 300
 
+``v4``: v3's studies plus 48 more wide ones (``study_seed(41400, i)``), and a third input
+channel (24 voxels of 4 mm: 96 mm around each candidate, for nodules up to 30 mm and
+their surroundings); initialised from v3's weights with the new channel's stem kernels at
+zero (:func:`pacs_node.ml.network.widen_input`), lr 7e-4.
+
 ``v3`` (the node's default): v2's 96 wide studies plus 48 classic ones of v1's set
 (``study_seed(20250, i)``, i < 48), 300 negatives per study (the 100 strongest always),
 hard negatives mined by the model before every epoch (half of each batch's negatives from
@@ -79,9 +84,10 @@ def recipe(name: str, out: Path, studies: int | None, steps: int) -> TrainConfig
             v3, version="4.0.0",
             description="Lung nodule detector trained only on synthetic chest CT phantoms: v3's "
                         "domain-randomised (Variation.wide()) and classic studies plus 48 more wide ones, "
-                        "model-mined hard negatives (pacs_node.ml.phantom)",
+                        "a third 96 mm input channel, model-mined hard negatives (pacs_node.ml.phantom)",
             extra_phantoms=v3.extra_phantoms + (
                 PhantomSet(count=V4_STUDIES, seed=V4_PHANTOM_SEED, variation=Variation.wide()),),
+            network=replace(v3.network, channels=3), samples=replace(v3.samples, channels=3),
             lr=7e-4, init_weights=Path("models/lung-nodule-synthetic-v3/weights.pt"))
     if name == "v3":
         v2 = recipe("v2", out, studies, steps)
