@@ -8,7 +8,9 @@ the current CT on the lungs (:mod:`pacs_node.compare.register`), matches the nod
 size-scaled gate (:mod:`pacs_node.compare.match`), and gives every current finding its
 :class:`~pacs_node.imaging.lungrads_followup.NoduleComparison` (new, or the change since the
 prior with its VDT and follow-up category).  Prior nodules with no match are reported as
-resolved.  Anything that fails leaves the baseline report, and the report says why.
+resolved.  For each matched nodule it keeps the one prior slice its key image shows
+(:class:`~pacs_node.report.keyimage_compare.PriorView`), and lets the rest of the prior
+series go.  Anything that fails leaves the baseline report, and the report says why.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.imaging.growth import Acquisition
 from pacs_node.imaging.lungrads_followup import compare_nodule
 from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
+from pacs_node.report.keyimage_compare import PriorView
 from pacs_node.report.prior import PriorStatement
 from pacs_node.report.read import read_findings
 
@@ -43,11 +46,17 @@ PriorProvider = Callable[[], LookupRow]
 
 @dataclass(frozen=True)
 class FollowUp:
-    """The current findings compared with the prior CT, and what the report says of it."""
+    """The current findings compared with the prior CT, and what the report says of it.
+
+    ``views`` is empty when nothing was compared, else one per finding: the prior slice of a
+    matched nodule for its key image, ``None`` for a new one (or one whose prior slice was
+    not found).
+    """
 
     findings: list[Finding]
     statement: PriorStatement
     summary: dict
+    views: tuple[PriorView | None, ...] = ()
 
 
 def prior_statement(row: LookupRow, compared: bool = False, reason: str | None = None,
@@ -110,6 +119,17 @@ def _resolved_line(finding: Finding) -> str:
             f"on this CT (resolved, or missed by the AI).")
 
 
+def _view(prior: Sequence[Dataset], finding: Finding | None, study_date: str) -> PriorView | None:
+    """The prior slice of a matched nodule, or ``None`` (new, or its centre outside the prior series)."""
+    if finding is None:
+        return None
+    try:
+        return PriorView.locate(prior, finding, study_date)
+    except ValueError:
+        log.warning("event=prior_view_skipped reason=centre_outside_prior_series")
+        return None
+
+
 def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: LookupRow,
                        current: Sequence[Dataset], current_volume: hd.Volume, findings: list[Finding]) -> FollowUp:
     """``findings`` of the current CT compared with the prior the lookup ``row`` found.
@@ -139,13 +159,14 @@ def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: 
         return FollowUp(findings, prior_statement(row, reason=why), {"error": why})
     matching = match_nodules(prior_findings, findings, to_current=registration.map_points)
     prior_scan, current_scan = _acquisition(prior[0]), _acquisition(current[0])
-    compared = []
+    compared, views = [], []
     for finding, index in zip(findings, matching.current_to_prior, strict=True):
         before = None if index is None else prior_findings[index]
         comparison = compare_nodule(finding, before, interval, prior_scan, current_scan)
         # a nodule our earlier report named keeps its Tracking UID: viewers follow it across studies
         uid = before.tracking_uid if before is not None and ours is not None else finding.tracking_uid
         compared.append(dataclasses.replace(finding, comparison=comparison, tracking_uid=uid))
+        views.append(_view(prior, before, row.study_date))
     resolved = [_resolved_line(prior_findings[i]) for i in matching.resolved]
     summary = {"interval_days": interval, "prior_findings": len(prior_findings),
                "prior_findings_from": "our earlier report" if ours is not None else "detection",
@@ -154,4 +175,4 @@ def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: 
                "registration": registration.to_dict(), "seconds": round(time.perf_counter() - started, 3)}
     log.info("event=comparison_done matched=%d new=%d resolved=%d seconds=%.2f", summary["matched"],
              summary["new"], summary["resolved"], summary["seconds"])
-    return FollowUp(compared, prior_statement(row, compared=True, resolved=resolved), summary)
+    return FollowUp(compared, prior_statement(row, compared=True, resolved=resolved), summary, tuple(views))

@@ -40,6 +40,7 @@ from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.receive.spool import Spool
 from pacs_node.report.gsps import build_gsps
 from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
+from pacs_node.report.keyimage_compare import PriorView
 from pacs_node.report.keyimages import build_key_images
 from pacs_node.report.kos import build_kos
 from pacs_node.report.prior import PriorStatement
@@ -193,7 +194,8 @@ class Analysis:
             timings["compare_s"] = timings.get("compare_s", 0.0) + time.perf_counter() - t2
         t2b = time.perf_counter()
         objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed(),
-                              follow.statement if follow is not None else None)
+                              follow.statement if follow is not None else None,
+                              follow.views if follow is not None else ())
         t3 = time.perf_counter()
         timings["load_s"] = timings.get("load_s", 0.0) + t1 - t0
         timings["detect_s"] = timings.get("detect_s", 0.0) + t2 - t1
@@ -219,7 +221,7 @@ class Analysis:
 
     def _write(
         self, spool: Spool, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome,
-        prior: PriorStatement | None = None,
+        prior: PriorStatement | None = None, prior_views: Sequence[PriorView | None] = (),
     ) -> list[ObjectRow]:
         sr = build_report(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
@@ -229,6 +231,7 @@ class Analysis:
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
             series=SeriesIdentity.fresh(KEY_IMAGE_SERIES_NUMBER),
             sop_instance_uids=[generate_uid() for _ in range(1 + len(findings))], prior=prior,
+            prior_views=prior_views,
         )
         produced = [(ObjectKind.SR, sr), *((ObjectKind.KEY_IMAGE, image) for image in images)]
         if findings:

@@ -6,7 +6,11 @@ are burned into pictures, in the source's study and a new series:
 - per nodule, the CT slice nearest its centre (:func:`pacs_node.report.geometry.locate`)
   in a lung window (width 1500 HU, level -600 HU), on the CT's own pixel grid with
   its Pixel Spacing, so a viewer's ruler still measures mm; the nodule is ringed and
-  labelled with its number, mean diameter, type and Lung-RADS category;
+  labelled with its number, mean diameter, type and Lung-RADS category; at a follow-up,
+  a nodule new since the prior CT says "NEW since prior yyyy-mm-dd", and one matched on
+  the prior shows prior and current side by side with both sizes, the volume change and
+  the VDT (:mod:`pacs_node.report.keyimage_compare`, which says how the two panels share
+  one Pixel Spacing and how the prior slice is referenced);
 - one overview page listing every finding ("no nodules detected" when none; the
   reason when the series could not be analysed).
 
@@ -26,13 +30,28 @@ from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from pydicom import Dataset
-from pydicom.pixels import apply_modality_lut
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from pacs_node.imaging.findings import Finding, category_basis, study_category
+from pacs_node.report._drawing import (
+    BAND,
+    LUNG_WINDOW_CENTER,
+    LUNG_WINDOW_WIDTH,
+    RING,
+    TEXT,
+    WARNING,
+    Colour,
+    disclaimer_lines,
+    fit_font,
+    font,
+    lung_window,
+    ring,
+    text_block,
+    wrap,
+)
 from pacs_node.report.context import (
     NO_NODULES_DETECTED,
     NOT_FOR_DIAGNOSTIC_USE,
@@ -46,114 +65,19 @@ from pacs_node.report.context import (
 )
 from pacs_node.report.geometry import SlicePosition, locate, ring_radius_px
 from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
+from pacs_node.report.keyimage_compare import PriorView, caption, new_since_prior, render_comparison
 from pacs_node.report.prior import PriorStatement
-
-#: Lung window, HU.
-LUNG_WINDOW_WIDTH = 1500.0
-LUNG_WINDOW_CENTER = -600.0
 
 #: (121322, DCM, "Source image for image processing operation")
 SOURCE_IMAGE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
-
-RING = (255, 196, 0)
-TEXT = (255, 255, 255)
-WARNING = (255, 80, 80)
-BAND = (0, 0, 0)
-
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-Lines = Sequence[tuple[str, tuple[int, int, int]]]
 
 OVERVIEW_WIDTH = 768
 OVERVIEW_MIN_HEIGHT = 512
 
 
-def lung_window(image: Dataset) -> np.ndarray:
-    """Render one CT slice in the lung window as 8-bit grey levels.
-
-    Stored values become HU through the Modality LUT (Rescale Slope/Intercept), then
-    the DICOM linear VOI function with width 1500 HU and centre -600 HU maps HU to
-    0..255.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``rows x columns`` uint8.
-    """
-    hu = np.asarray(apply_modality_lut(image.pixel_array, image), dtype=float)
-    width, center = LUNG_WINDOW_WIDTH, LUNG_WINDOW_CENTER
-    scaled = ((hu - (center - 0.5)) / (width - 1) + 0.5) * 255.0
-    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-
-
-def _font(size: int) -> Font:
-    """Pillow's bundled font at ``size`` pixels; no system font is needed."""
-    return ImageFont.load_default(size=size)
-
-
-def _wrap(text: str, font: Font, width: float) -> list[str]:
-    """Break ``text`` into lines no wider than ``width`` pixels (a long word stays whole)."""
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        line = ""
-        for word in paragraph.split():
-            candidate = f"{line} {word}".strip()
-            if line and font.getlength(candidate) > width:
-                lines.append(line)
-                line = word
-            else:
-                line = candidate
-        lines.append(line)
-    return lines
-
-
-def _fit_font(lines: Lines, width: float, size: int, smallest: int = 8) -> tuple[Font, int]:
-    """The largest font of at most ``size`` pixels (down to ``smallest``) whose lines fit ``width``.
-
-    Returns the font and its size in pixels.
-    """
-    font = _font(size)
-    while size > smallest and any(font.getlength(text) > width for text, _ in lines):
-        size -= 1
-        font = _font(size)
-    return font, size
-
-
-def _text_block(
-    draw: ImageDraw.ImageDraw,
-    lines: Lines,
-    font: Font,
-    *,
-    top: float,
-    width: int,
-    margin: int,
-    line_height: int,
-    band: bool,
-    wrap: bool,
-) -> float:
-    """Draw lines from ``top`` (pixels) on an optional black band; return the block's height.
-
-    With ``wrap`` long lines break at spaces; without, they are cut at the image edge.
-    """
-    if wrap:
-        lines = [(piece, colour) for text, colour in lines for piece in _wrap(text, font, width - 2 * margin)]
-    height = len(lines) * line_height + margin
-    if band:
-        draw.rectangle([0, top, width, top + height], fill=BAND)
-    y = top + margin / 2
-    for text, colour in lines:
-        draw.text((margin, y), text, fill=colour, font=font)
-        y += line_height
-    return height
-
-
-def _disclaimer_lines(algorithm: AlgorithmInfo) -> list[tuple[str, tuple[int, int, int]]]:
-    lines = [(f"AI-generated ({algorithm.name} {algorithm.version}), not reviewed by a physician", TEXT)]
-    if algorithm.synthetic_data:
-        lines.append((NOT_FOR_DIAGNOSTIC_USE, WARNING))
-    return lines
-
-
-def render_nodule(position: SlicePosition, finding: Finding, index: int, algorithm: AlgorithmInfo) -> np.ndarray:
+def render_nodule(
+    position: SlicePosition, finding: Finding, index: int, algorithm: AlgorithmInfo, remark: str | None = None,
+) -> np.ndarray:
     """The key image of one nodule: its slice in the lung window, ringed and labelled.
 
     Parameters
@@ -167,6 +91,8 @@ def render_nodule(position: SlicePosition, finding: Finding, index: int, algorit
         The nodule's number, as in the SR ("Nodule <index>").
     algorithm
         For the burned-in statements.
+    remark
+        A second header line, e.g. "NEW since prior 2025-01-01".
 
     Returns
     -------
@@ -180,22 +106,19 @@ def render_nodule(position: SlicePosition, finding: Finding, index: int, algorit
     scale = max(columns, rows) / 512
     margin = max(2, round(6 * scale))
     header = [(f"{nodule_label(index, finding)} (AI score {finding.score:.2f})", RING)]
-    footer = _disclaimer_lines(algorithm)
+    if remark:
+        header.append((remark, RING))
+    footer = disclaimer_lines(algorithm)
     # One line per statement, in a font that fits the width; on images too small for
     # that (under about 300 pixels) lines are cut rather than wrapped over the anatomy.
-    font, size = _fit_font([*header, *footer], columns - 2 * margin, max(8, round(15 * scale)))
+    face, size = fit_font([*header, *footer], columns - 2 * margin, max(8, round(15 * scale)))
     line_height = round(size * 1.3)
-    radius = ring_radius_px(position.image, finding.long_axis_mm)
-    # Image coordinates have (0, 0) at the top-left pixel's corner; PIL's at its centre.
-    cx, cy = position.column - 0.5, position.row - 0.5
-    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], outline=RING, width=max(1, round(2 * scale)))
-    number_at = (cx + radius * 0.75 + 2, cy - radius * 0.75 - line_height)
-    draw.text((number_at[0] + 1, number_at[1] + 1), str(index), fill=BAND, font=font)
-    draw.text(number_at, str(index), fill=RING, font=font)
+    ring(draw, (position.column, position.row), ring_radius_px(position.image, finding.long_axis_mm), index, face,
+         line_height=line_height, width=max(1, round(2 * scale)))
     footer_top = rows - len(footer) * line_height - margin
     for lines, top in ((header, 0), (footer, footer_top)):
-        _text_block(
-            draw, lines, font, top=top, width=columns, margin=margin, line_height=line_height, band=True, wrap=False
+        text_block(
+            draw, lines, face, top=top, width=columns, margin=margin, line_height=line_height, band=True, wrap=False
         )
     return np.asarray(picture, dtype=np.uint8)
 
@@ -207,10 +130,10 @@ def overview_lines(
     outcome: ReportOutcome,
     algorithm: AlgorithmInfo,
     prior: PriorStatement | None = None,
-) -> list[tuple[str, tuple[int, int, int]]]:
+) -> list[tuple[str, Colour]]:
     """The overview page's text lines and their colours (the prior's sentence after the summary)."""
     series = f"CT series {source_image.get('SeriesNumber', '')} {source_image.get('SeriesDescription', '')}".strip()
-    lines: list[tuple[str, tuple[int, int, int]]] = [(series, TEXT), ("", TEXT)]
+    lines: list[tuple[str, Colour]] = [(series, TEXT), ("", TEXT)]
     if not outcome.is_analysed:
         lines.append((f"Series not analysed: {outcome.reason}", WARNING))
     elif not findings:
@@ -234,11 +157,11 @@ def overview_lines(
     if prior is not None and outcome.is_analysed:
         lines.append((prior.sentence(), TEXT))
     lines.append(("", TEXT))
-    lines.extend(_disclaimer_lines(algorithm))
+    lines.extend(disclaimer_lines(algorithm))
     return lines
 
 
-def render_overview(lines: Sequence[tuple[str, tuple[int, int, int]]]) -> np.ndarray:
+def render_overview(lines: Sequence[tuple[str, Colour]]) -> np.ndarray:
     """The overview page: its title and ``lines`` (:func:`overview_lines`: every finding, the statements).
 
     Returns
@@ -247,18 +170,18 @@ def render_overview(lines: Sequence[tuple[str, tuple[int, int, int]]]) -> np.nda
         ``height x 768 x 3`` uint8 RGB, at least 512 rows, more when the list is long.
     """
     width = OVERVIEW_WIDTH
-    font = _font(18)
-    title_font = _font(24)
+    body = font(18)
+    title_font = font(24)
     line_height = 26
     margin = 16
     title = "AI lung nodule findings"
-    wrapped = sum(len(_wrap(text, font, width - 2 * margin)) for text, _ in lines)
+    wrapped = sum(len(wrap(text, body, width - 2 * margin)) for text, _ in lines)
     height = max(OVERVIEW_MIN_HEIGHT, 2 * margin + 40 + wrapped * line_height)
     picture = Image.new("RGB", (width, height), BAND)
     draw = ImageDraw.Draw(picture)
     draw.text((margin, margin), title, fill=TEXT, font=title_font)
-    _text_block(
-        draw, lines, font, top=margin + 40, width=width, margin=margin, line_height=line_height, band=False, wrap=True
+    text_block(
+        draw, lines, body, top=margin + 40, width=width, margin=margin, line_height=line_height, band=False, wrap=True
     )
     return np.asarray(picture, dtype=np.uint8)
 
@@ -277,11 +200,13 @@ def _patient_orientation(image: Dataset) -> tuple[str, str]:
     return names[0], names[1]
 
 
-def _source_reference(image: Dataset) -> Dataset:
+def _source_reference(image: Dataset, spatial_locations_preserved: bool | None) -> Dataset:
     item = Dataset()
     item.ReferencedSOPClassUID = image.SOPClassUID
     item.ReferencedSOPInstanceUID = image.SOPInstanceUID
     item.PurposeOfReferenceCodeSequence = [hd.sr.CodedConcept.from_code(SOURCE_IMAGE_PURPOSE)]
+    if spatial_locations_preserved is not None:
+        item.SpatialLocationsPreserved = "YES" if spatial_locations_preserved else "NO"
     return item
 
 
@@ -316,11 +241,14 @@ def _finish(
     derivation: str,
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
+    caption: str = "",
+    spatial_locations_preserved: bool | None = None,
 ) -> hd.sc.SCImage:
     """Attributes every key image carries.
 
     Body Part Examined comes from the CT (``reference``); without it, Laterality
-    (type 2C) is present and empty, meaning unknown.
+    (type 2C) is present and empty, meaning unknown.  Image Comments hold ``caption``
+    (what the image shows, if anything needs saying), then the AI statements.
     """
     copy_body_part(image, reference)
     image.BurnedInAnnotation = "YES"
@@ -331,10 +259,10 @@ def _finish(
     statements = [ai_statement(algorithm, device)]
     if algorithm.synthetic_data:
         statements.append(NOT_FOR_DIAGNOSTIC_USE)
-    image.ImageComments = " ".join(statements)
+    image.ImageComments = " ".join([caption, *statements] if caption else statements)
     if sources:
         unique = {str(ds.SOPInstanceUID): ds for ds in sources}
-        image.SourceImageSequence = [_source_reference(ds) for ds in unique.values()]
+        image.SourceImageSequence = [_source_reference(ds, spatial_locations_preserved) for ds in unique.values()]
     return image
 
 
@@ -355,6 +283,7 @@ def build_key_images(
     series: SeriesIdentity,
     sop_instance_uids: Sequence[str],
     prior: PriorStatement | None = None,
+    prior_views: Sequence[PriorView | None] = (),
 ) -> list[hd.sc.SCImage]:
     """Build the key images of one analysed CT series.
 
@@ -373,7 +302,12 @@ def build_key_images(
         One UID per image: the overview first, then one per finding in order
         (``1 + len(findings)`` UIDs); Instance Numbers run 1 (overview), 2, ...
     prior
-        What was found of the prior CT (``[priors]`` on): its sentence on the overview.
+        What was found of the prior CT (``[priors]`` on): its sentence on the overview,
+        its date on the image of a nodule new since then.
+    prior_views
+        Empty, or one per finding: the prior slice of a nodule matched on the prior CT
+        (its image shows prior and current side by side,
+        :mod:`pacs_node.report.keyimage_compare`), ``None`` for the others.
 
     Returns
     -------
@@ -383,8 +317,9 @@ def build_key_images(
     Raises
     ------
     ValueError
-        When the number of UIDs does not match, findings come with a not-analysable
-        outcome, or a finding lies outside the series.
+        When the number of UIDs or prior views does not match, findings come with a
+        not-analysable outcome, a finding lies outside the series, or a finding with a
+        prior view has no change since the prior.
     """
     if not source:
         raise ValueError("source must hold the slices of the analysed series, got none")
@@ -395,6 +330,8 @@ def build_key_images(
             f"sop_instance_uids needs {1 + len(findings)} UIDs (overview + one per finding), "
             f"got {len(sop_instance_uids)}"
         )
+    if prior_views and len(prior_views) != len(findings):
+        raise ValueError(f"prior_views needs one entry per finding ({len(findings)}), got {len(prior_views)}")
     positions = [locate(source, finding.center_lps_mm) for finding in findings]
     reference = min(source, key=lambda ds: int(ds.get("InstanceNumber") or 0))
     overview = _secondary_capture(
@@ -417,24 +354,67 @@ def build_key_images(
             device,
         )
     ]
-    for index, (finding, position, uid) in enumerate(
-        zip(findings, positions, sop_instance_uids[1:], strict=True), start=1
+    views = list(prior_views) or [None] * len(findings)
+    for index, (finding, position, view, uid) in enumerate(
+        zip(findings, positions, views, sop_instance_uids[1:], strict=True), start=1
     ):
-        slice_ = position.image
-        image = _secondary_capture(
-            slice_,
-            render_nodule(position, finding, index, algorithm),
-            identity=series.instance(uid, index + 1),
-            patient_orientation=_patient_orientation(slice_),
-            algorithm=algorithm,
-            device=device,
-        )
-        # Same pixel grid as the CT: its Pixel Spacing, as written, keeps rulers in mm.
-        image.PixelSpacing = list(slice_.PixelSpacing)
-        derivation = _derivation(
-            f"CT image {slice_.get('InstanceNumber', '')} rendered in lung window "
-            f"W{LUNG_WINDOW_WIDTH:.0f}/L{LUNG_WINDOW_CENTER:.0f} on its own pixel grid; nodule {index} ringed",
-            algorithm,
-        )
-        images.append(_finish(image, slice_, [slice_], derivation, algorithm, device))
+        identity = series.instance(uid, index + 1)
+        if view is None:
+            images.append(_nodule_image(position, finding, index, identity, prior, algorithm, device))
+        else:
+            images.append(_comparison_image(position, finding, index, view, identity, algorithm, device))
     return images
+
+
+def _nodule_image(
+    position: SlicePosition, finding: Finding, index: int, identity: ObjectIdentity,
+    prior: PriorStatement | None, algorithm: AlgorithmInfo, device: DeviceInfo,
+) -> hd.sc.SCImage:
+    """One nodule on its slice; a nodule new since the prior says so."""
+    slice_ = position.image
+    comparison = finding.comparison
+    new = comparison is not None and comparison.prior is None
+    remark = new_since_prior(prior.study_date if prior is not None else "") if new else None
+    image = _secondary_capture(
+        slice_,
+        render_nodule(position, finding, index, algorithm, remark),
+        identity=identity,
+        patient_orientation=_patient_orientation(slice_),
+        algorithm=algorithm,
+        device=device,
+    )
+    # Same pixel grid as the CT: its Pixel Spacing, as written, keeps rulers in mm.
+    image.PixelSpacing = list(slice_.PixelSpacing)
+    derivation = _derivation(
+        f"CT image {slice_.get('InstanceNumber', '')} rendered in lung window "
+        f"W{LUNG_WINDOW_WIDTH:.0f}/L{LUNG_WINDOW_CENTER:.0f} on its own pixel grid; nodule {index} ringed",
+        algorithm,
+    )
+    comment = f"{nodule_label(index, finding)}: {remark}." if remark else ""
+    return _finish(image, slice_, [slice_], derivation, algorithm, device, comment)
+
+
+def _comparison_image(
+    position: SlicePosition, finding: Finding, index: int, view: PriorView, identity: ObjectIdentity,
+    algorithm: AlgorithmInfo, device: DeviceInfo,
+) -> hd.sc.SCImage:
+    """One nodule matched on the prior: prior and current side by side (:mod:`~pacs_node.report.keyimage_compare`)."""
+    slice_, before = position.image, view.position.image
+    image = _secondary_capture(
+        slice_,
+        render_comparison(position, finding, index, view, algorithm),
+        identity=identity,
+        patient_orientation=_patient_orientation(slice_),  # the prior panel is resampled to the same directions
+        algorithm=algorithm,
+        device=device,
+    )
+    # Both panels are on the current slice's pixel spacing (the prior's resampled to it).
+    image.PixelSpacing = list(slice_.PixelSpacing)
+    derivation = _derivation(
+        f"Prior CT image {before.get('InstanceNumber', '')} resampled (bilinear) to the pixel spacing of current CT "
+        f"image {slice_.get('InstanceNumber', '')}, side by side, in lung window "
+        f"W{LUNG_WINDOW_WIDTH:.0f}/L{LUNG_WINDOW_CENTER:.0f}; nodule {index} ringed on both",
+        algorithm,
+    )
+    return _finish(image, slice_, [slice_, before], derivation, algorithm, device,
+                   caption(finding, index, view, slice_), spatial_locations_preserved=False)

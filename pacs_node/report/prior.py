@@ -23,7 +23,8 @@ from pacs_node.db.models import PriorStatus
 from pacs_node.report.codes import COMMENT
 
 
-def _date(yyyymmdd: str) -> str:
+def display_date(yyyymmdd: str) -> str:
+    """A DICOM date (YYYYMMDD) as yyyy-mm-dd, or "unknown date"."""
     if len(yyyymmdd) == 8 and yyyymmdd.isdigit():
         return f"{yyyymmdd[:4]}-{yyyymmdd[4:6]}-{yyyymmdd[6:]}"
     return "unknown date"
@@ -65,10 +66,10 @@ class PriorStatement:
         baseline = "Lung-RADS categories use the baseline screening table"
         if self.status == PriorStatus.FOUND:
             if self.compared:
-                return (f"Compared with the prior CT of {_date(self.study_date)}: Lung-RADS categories use the "
+                return (f"Compared with the prior CT of {display_date(self.study_date)}: Lung-RADS categories use the "
                         "follow-up rules.")
             why = f" ({self.reason})" if self.reason else ""
-            return f"Prior CT of {_date(self.study_date)} retrieved but not compared{why}: {baseline}."
+            return f"Prior CT of {display_date(self.study_date)} retrieved but not compared{why}: {baseline}."
         if self.status == PriorStatus.NONE:
             return f"No prior chest CT available for comparison: {baseline}."
         return (f"Prior CT could not be retrieved ({self.reason or 'no reason given'}): {baseline}; "

@@ -15,11 +15,19 @@ from tests.integration.test_priors import _orthanc
 
 pytestmark = pytest.mark.integration
 
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
 
 def _our_sr(orthanc, study_uid: str, folder: Path):  # noqa: ANN001, ANN202
     """Our SR of a study in Orthanc, or ``None`` until it is there."""
     srs, _ = _reports(orthanc, study_uid, folder)
     return srs[0] if srs else None
+
+
+def _key_images(orthanc, study_uid: str) -> list[dict]:  # noqa: ANN001
+    """Orthanc's simplified tags of the Secondary Capture key images of a study."""
+    tags = (orthanc.get(f"/instances/{orthanc_id}/simplified-tags") for orthanc_id in orthanc.get("/instances"))
+    return [t for t in tags if t["StudyInstanceUID"] == study_uid and t["SOPClassUID"] == SECONDARY_CAPTURE]
 
 
 def test_the_sr_in_pacs_reports_the_change_since_the_prior(node_factory, tmp_path: Path) -> None:
@@ -47,6 +55,13 @@ def test_the_sr_in_pacs_reports_the_change_since_the_prior(node_factory, tmp_pat
         matched = [n for n in nodules if n["prior_diameter_mm"] is not None]
         assert matched, nodules
         assert all(n["change"] in ("growing", "slowly growing", "stable", "shrinking") for n in matched)
+        # each matched nodule's key image shows prior and current side by side (wider than high)
+        images = wait_until(lambda: (found := _key_images(orthanc, current.study_uid)) and
+                            len(found) == 1 + len(nodules) and found, timeout=60, interval=0.5)
+        per_nodule = [t for t in images if t["InstanceNumber"] != "1"]  # 1: the overview
+        side_by_side = [t for t in per_nodule if len(t.get("SourceImageSequence") or []) == 2]  # prior and current
+        assert len(side_by_side) == len(matched), [(t["Rows"], t["Columns"]) for t in per_nodule]
+        assert all(int(t["Columns"]) > int(t["Rows"]) for t in side_by_side)
         assert _our_sr(orthanc, prior.study_uid, tmp_path) is None, "the prior is not analysed as a new study"
         assert "event=comparison_done" in node.output()
     finally:
