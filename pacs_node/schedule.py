@@ -70,6 +70,11 @@ def _sweep(engine: Engine, quiet_period_s: float, metrics: NodeMetrics | None = 
         metrics.studies_completed.inc(len(completed))
 
 
+def _recheck(engine: Engine) -> None:
+    for study_pk in queue.queue_rechecks(engine):
+        log.info("event=prior_recheck_queued study=%d", study_pk)
+
+
 def _recover(engine: Engine) -> None:
     count = queue.requeue_abandoned(engine)
     if count:
@@ -80,13 +85,17 @@ def build_scheduler(
     settings: Settings, engine: Engine, worker: Worker | None, dispatcher: Dispatcher | None = None,
     guard: DiskGuard | None = None, retention: Retention | None = None, metrics: NodeMetrics | None = None,
 ) -> BackgroundScheduler:
-    """A scheduler with the completion sweep, and the worker's dispatch, the sender, the
-    free-space check and the retention sweep when given (the last two run at start too);
-    completed studies and purges are counted in ``metrics``."""
+    """A scheduler with the completion sweep, the prior rechecks (``[priors] recheck_minutes``),
+    and the worker's dispatch, the sender, the free-space check and the retention sweep when
+    given (the last two run at start too); completed studies and purges are counted in ``metrics``."""
     scheduler = BackgroundScheduler(timezone="UTC", job_defaults={"coalesce": True, "misfire_grace_time": 30})
     quiet = settings.completion.quiet_period_s
     scheduler.add_job(_guarded("sweep", lambda: _sweep(engine, quiet, metrics)), "interval",
                       seconds=settings.completion.sweep_interval_s, id="completion-sweep", max_instances=1)
+    if settings.priors.rechecking:  # a due recheck waits a quarter of the interval at most (1-60 s)
+        every_s = min(60.0, max(1.0, settings.priors.recheck_minutes * 60 / 4))
+        scheduler.add_job(_guarded("prior_recheck", lambda: _recheck(engine)), "interval", seconds=every_s,
+                          id="prior-recheck", max_instances=1)
     scheduler.add_job(_guarded("recover", lambda: _recover(engine)), "interval",
                       seconds=max(10.0, settings.worker.lease_s / 4), id="lease-recovery")
     if worker is not None:

@@ -23,8 +23,12 @@ def _job_summary(job: Row | None) -> str:
         result = json.loads(job.result)
         if result.get("step") == "pass-through":
             summary += " (pass-through: no analysis performed)"
+        elif result.get("step") == "prior-recheck":
+            summary += f": prior looked up again, not re-reported ({str(result.get('reason', ''))[:60]})"
         elif result.get("analysis_performed"):
             summary += f": {result.get('findings', 0)} nodule(s), Lung-RADS {result.get('lung_rads', '?')}"
+            if result.get("rereport"):
+                summary += " (re-report with the prior)"
         else:
             summary += f": not analysable ({str(result.get('reason', ''))[:60]})"
     if job.error:
@@ -63,8 +67,9 @@ def _prior_lines(engine: Engine) -> list[str]:
     counts = prior_counts(engine)
     if not any(counts.values()):
         return []
+    again = f" ({counts['rechecking']} to be looked up again)" if counts["rechecking"] else ""
     return [f"priors: {counts['found']} studies had a prior, {counts['none']} had none, "
-            f"{counts['unavailable']} could not be looked up; {counts['retrieved']} studies fetched as priors "
+            f"{counts['unavailable']} could not be looked up{again}; {counts['retrieved']} studies fetched as priors "
             "(kept, not analysed)"]
 
 

@@ -83,7 +83,8 @@ class Worker:
             log.info("event=job_superseded job=%d study=%d", job.id, job.study_pk)
             self._count("superseded")
             return job.id
-        log.info("event=job_started job=%d study=%d attempt=%d", job.id, job.study_pk, job.attempts)
+        log.info("event=job_started job=%d study=%d attempt=%d kind=%s", job.id, job.study_pk, job.attempts,
+                 job.kind.value)
         started = time.monotonic()
         renewer = _LeaseRenewer(self, job)
         renewer.start()

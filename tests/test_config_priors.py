@@ -22,6 +22,14 @@ def test_off_by_default_with_a_five_year_lookback(tmp_path: Path) -> None:
     priors = _load(tmp_path, "").priors
     assert not priors.enabled and priors.sources == []
     assert priors.lookback_days == FIVE_YEARS_DAYS and priors.max_wait_s > 0
+    assert (priors.recheck_minutes, priors.recheck_hours, priors.rechecking) == (0, 72, False), "no re-reports"
+
+
+def test_rechecks_take_fractions_of_a_minute(tmp_path: Path) -> None:
+    text = "[priors]\nenabled = true\nrecheck_minutes = 0.05\nrecheck_hours = 0.5\n" + _SOURCE
+    priors = _load(tmp_path, text).priors
+    assert (priors.recheck_minutes, priors.recheck_hours, priors.rechecking) == (0.05, 0.5, True)
+    assert not _load(tmp_path, "[priors]\nrecheck_minutes = 60\n").priors.rechecking, "priors off: no rechecks"
 
 
 def test_a_source_defaults_to_c_get(tmp_path: Path) -> None:
@@ -63,6 +71,11 @@ def test_enabled_without_sources_is_refused(tmp_path: Path) -> None:
     ("[priors]\nlookback_days = 0\n", r"priors\.lookback_days"),
     ('[priors]\nmove_destination = "A\\\\B"\n', r"priors\.move_destination"),
     ("[priors]\nwait = 3\n", r"priors\.wait: unknown key"),
+    ("[priors]\nrecheck_minutes = -1\n", r"priors\.recheck_minutes"),
+    ("[priors]\nrecheck_hours = 0\n", r"priors\.recheck_hours"),
+    ('[priors]\nrecheck_minutes = "often"\n', r"priors\.recheck_minutes"),
+    ("[priors]\nrecheck_minutes = 120\nrecheck_hours = 1\n",
+     r"priors: .*recheck_minutes \(120\) is longer than recheck_hours \(1 h\)"),
     (_SOURCE + _SOURCE, "prior source names must be unique; repeated: pacs"),
 ])
 def test_bad_values_are_named(tmp_path: Path, text: str, key: str) -> None:

@@ -30,6 +30,7 @@ from sqlalchemy import Engine, select
 
 from pacs_node import __version__
 from pacs_node.analyze.followup import FollowUp, PriorProvider, compare_with_prior
+from pacs_node.analyze.revision import EarlierReport, Revision
 from pacs_node.analyze.series import SeriesChoice, choose_series
 from pacs_node.config import Settings
 from pacs_node.db.deliveries import ObjectRow
@@ -113,10 +114,13 @@ class Analysis:
             if any(kind.value in destination.objects for destination in settings.destinations)
         ]
 
-    def __call__(self, engine: Engine, job: ClaimedJob, prior: PriorProvider | None = None) -> JobOutcome:
+    def __call__(self, engine: Engine, job: ClaimedJob, prior: PriorProvider | None = None,
+                 revision: Revision | None = None) -> JobOutcome:
         """Analyse the study of ``job``; ``prior`` (``[priors]`` on) is asked, once a series is
         analysed, what the lookup found of the patient's prior CT: the findings are compared
-        with it where possible (:mod:`pacs_node.analyze.followup`), and the report says so."""
+        with it where possible (:mod:`pacs_node.analyze.followup`), and the report says so.
+        ``revision``: our earlier reports of the study, which these replace (a re-report:
+        :mod:`pacs_node.analyze.revision`)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
         study_uid, series = _study_series(engine, self.spool_root, job.study_pk)
@@ -141,7 +145,8 @@ class Analysis:
                 compare = None if prior is None else (
                     lambda datasets, volume, found: compare_with_prior(engine, self.spool_root, self.detector, prior(),
                                                                        datasets, volume, found))
-                produced, summary = self._analyse(spool, study_uid, choice, timings, compare)
+                earlier = revision.of(choice.series_uid) if revision is not None else None
+                produced, summary = self._analyse(spool, study_uid, choice, timings, compare, earlier)
                 objects.extend(produced)
                 summaries.append(summary)
         finally:
@@ -170,6 +175,7 @@ class Analysis:
     def _analyse(
         self, spool: Spool, study_uid: str, choice: SeriesChoice, timings: dict[str, float],
         compare: Callable[[list[Dataset], hd.Volume, list[Finding]], FollowUp] | None = None,
+        earlier: EarlierReport | None = None,
     ) -> tuple[list[ObjectRow], dict]:
         t0 = time.perf_counter()
         datasets = [dcmread(path) for path in choice.paths]
@@ -177,14 +183,16 @@ class Analysis:
             volume = volume_from_datasets(datasets)
         except NotAnalysable as exc:
             timings["load_s"] = time.perf_counter() - t0
-            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)))
+            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)),
+                                  earlier=earlier)
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
         t1 = time.perf_counter()
         try:
             findings = self.detector.detect(volume)
         except NotAnalysable as exc:  # e.g. no lungs in the volume
-            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)))
+            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)),
+                                  earlier=earlier)
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
         t2 = time.perf_counter()
@@ -192,10 +200,13 @@ class Analysis:
         if follow is not None:
             findings = follow.findings
             timings["compare_s"] = timings.get("compare_s", 0.0) + time.perf_counter() - t2
+        kept = None
+        if earlier is not None:  # a re-report: the same nodules keep their Tracking UIDs
+            findings, kept = earlier.keep_tracking(findings)
         t2b = time.perf_counter()
         objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed(),
                               follow.statement if follow is not None else None,
-                              follow.views if follow is not None else ())
+                              follow.views if follow is not None else (), earlier)
         t3 = time.perf_counter()
         timings["load_s"] = timings.get("load_s", 0.0) + t1 - t0
         timings["detect_s"] = timings.get("detect_s", 0.0) + t2 - t1
@@ -206,6 +217,9 @@ class Analysis:
                    "lung_rads": category, "slices": len(datasets)}
         if follow is not None and follow.summary:
             summary["comparison"] = follow.summary
+        if earlier is not None:
+            summary["revises"] = {"sr_uid": earlier.sop_instance_uid, "tracking_uids_kept": kept,
+                                  "earlier_findings": len(earlier.nodules)}
         return objects, summary
 
     def _not_analysable(
@@ -222,10 +236,12 @@ class Analysis:
     def _write(
         self, spool: Spool, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome,
         prior: PriorStatement | None = None, prior_views: Sequence[PriorView | None] = (),
+        earlier: EarlierReport | None = None,
     ) -> list[ObjectRow]:
         sr = build_report(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,
             identity=ObjectIdentity.fresh(SR_SERIES_NUMBER), prior=prior,
+            previous_versions=[earlier.reference] if earlier is not None else (),
         )
         images = build_key_images(
             source, findings, outcome=outcome, algorithm=self.algorithm, device=self.device,

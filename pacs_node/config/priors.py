@@ -47,6 +47,13 @@ class PriorsConfig(Section):
     max_wait_s: float = Field(default=120.0, gt=0)
     #: C-MOVE: the AE title the PACS knows this node's listener by (default: ``[node] ae_title``).
     move_destination: AETitle | None = None
+    #: When the prior was unavailable (source down, not retrieved, ``max_wait_s`` passed), look
+    #: it up again this often, in minutes (fractions allowed), and once found re-report the
+    #: study: a new SR version with the comparison, the same Tracking UIDs, the earlier SR as
+    #: its predecessor.  0: never (the default).
+    recheck_minutes: float = Field(default=0.0, ge=0)
+    #: Rechecks stop this many hours after the study completed.
+    recheck_hours: float = Field(default=72.0, gt=0)
 
     @field_validator("move_destination")
     @classmethod
@@ -61,4 +68,12 @@ class PriorsConfig(Section):
             raise ValueError(f"prior source names must be unique; repeated: {', '.join(repeated)}")
         if self.enabled and not self.sources:
             raise ValueError("enabled = true needs at least one [[priors.sources]] (ae_title, host, port)")
+        if self.recheck_minutes > self.recheck_hours * 60:
+            raise ValueError(f"recheck_minutes ({self.recheck_minutes:g}) is longer than recheck_hours "
+                             f"({self.recheck_hours:g} h): no recheck would run; shorten it, or 0 for none")
         return self
+
+    @property
+    def rechecking(self) -> bool:
+        """Whether unavailable priors are looked up again (and studies re-reported)."""
+        return self.enabled and self.recheck_minutes > 0

@@ -68,7 +68,8 @@ def _prior(result: dict) -> str | None:
         date = prior.get("study_date") or "undated"
         date = f"{date[:4]}-{date[4:6]}-{date[6:]}" if len(date) == 8 and date.isdigit() else date
         return f"found {date} at {prior.get('source') or '?'} ({prior.get('instances') or 0} images)"
-    return f"{prior.get('status', '?')}: {prior.get('reason') or 'no reason given'}"
+    again = f"; looked up again at {prior['recheck_at']}" if prior.get("recheck_at") else ""
+    return f"{prior.get('status', '?')}: {prior.get('reason') or 'no reason given'}{again}"
 
 
 def job_summary(job) -> JobSummary:  # noqa: ANN001 - a Row of jobs
@@ -76,8 +77,11 @@ def job_summary(job) -> JobSummary:  # noqa: ANN001 - a Row of jobs
     result = json.loads(job.result) if job.result else {}
     if result.get("step") == "pass-through":
         outcome = "pass-through"
+    elif result.get("step") == "prior-recheck":
+        outcome = "prior recheck"
     elif result:
         outcome = "analysed" if result.get("analysis_performed") else "not analysable"
+        outcome += " (re-report)" if result.get("rereport") else ""
     else:
         outcome = None
     duration = ((job.finished_at - job.started_at).total_seconds()

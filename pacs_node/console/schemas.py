@@ -62,7 +62,8 @@ class JobSummary(BaseModel):
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
     duration_s: float | None = None
-    #: "analysed", "not analysable", "pass-through" (analysis off) or None while not done.
+    #: "analysed", "not analysable", "pass-through" (analysis off), "prior recheck" (the prior looked
+    #: up again, nothing made), "analysed (re-report)" (new versions with the prior), or None while not done.
     outcome: str | None = None
     findings: int | None = None
     lung_rads: str | None = None

@@ -59,6 +59,15 @@ class JobState(enum.StrEnum):
     SUPERSEDED = "superseded"
 
 
+class JobKind(enum.StrEnum):
+    """What a job does."""
+
+    #: Analyse a completed study (and, with ``[priors]``, look up its prior).
+    ANALYSIS = "analysis"
+    #: Look up again the prior that was unavailable; re-report the study once it is found.
+    REREPORT = "rereport"
+
+
 class DeliveryState(enum.StrEnum):
     """States of one object set's delivery to one destination."""
 
@@ -161,12 +170,14 @@ class Instance(Base):
 
 
 class Job(Base):
-    """One analysis of one study, claimed by at most one worker at a time."""
+    """One analysis (or re-report) of one study, claimed by at most one worker at a time."""
 
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind), default=JobKind.ANALYSIS,
+                                          server_default=JobKind.ANALYSIS.value)
     state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.QUEUED)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -360,3 +371,8 @@ class PriorLookup(Base):
     our_sr_series_uid: Mapped[str | None] = mapped_column(UID, default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    #: When to look the prior up again (an ``unavailable`` lookup, ``[priors] recheck_minutes``);
+    #: cleared when the recheck is queued, and on older rows of the study.  ``None``: never.
+    recheck_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+    #: Rechecks end here: ``[priors] recheck_hours`` after the study completed.
+    recheck_until: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -1,15 +1,16 @@
-"""Study completion and the analysis job queue.
+"""Study completion, prior rechecks and the job queue.
 
 Every transition is a guarded UPDATE, so several node processes sharing one
-PostgreSQL database can sweep and claim at once: a study completes once, and a job
-is claimed by one worker (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite
-serialises writers).
+PostgreSQL database can sweep and claim at once: a study completes once, a due
+recheck queues one re-report job, and a job is claimed by one worker
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,10 @@ from sqlalchemy import ColumnElement, Engine, and_, exists, func, insert, or_, s
 from pacs_node.config import Destination
 from pacs_node.db.deliveries import ObjectRow, insert_deliveries, insert_objects
 from pacs_node.db.ingest import TOUCH_INTERVAL_S
-from pacs_node.db.models import Job, JobState, PriorRetrieval, Study, StudyState, utcnow
+from pacs_node.db.models import Job, JobKind, JobState, PriorLookup, PriorRetrieval, Study, StudyState, utcnow
+from pacs_node.db.priors import PENDING, due_rechecks
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class ClaimedJob:
     id: int
     study_pk: int
     attempts: int
+    kind: JobKind = JobKind.ANALYSIS
 
 
 def complete_quiet_studies(engine: Engine, quiet_period_s: float, now: dt.datetime | None = None) -> list[int]:
@@ -69,6 +74,38 @@ def complete_quiet_studies(engine: Engine, quiet_period_s: float, now: dt.dateti
     return completed
 
 
+def queue_rechecks(engine: Engine, now: dt.datetime | None = None) -> list[int]:
+    """Queue a re-report job for each study whose prior lookup is due for a recheck.
+
+    Taking the recheck (clearing ``recheck_at``) and queueing its job are one transaction,
+    guarded by the due time, so of processes racing for it one queues it.  A study with a
+    job queued or running is left for later (that job records a newer lookup); one whose
+    images retention purged is not rechecked (nothing to re-report).  Returns the ids of
+    the studies queued.
+    """
+    now = now or utcnow()
+    with engine.connect() as connection:
+        due = connection.execute(due_rechecks(now)).all()
+    queued = []
+    for lookup_pk, study_pk, purged_at in due:
+        with engine.begin() as connection:
+            if connection.scalar(select(exists().where(Job.study_pk == study_pk, Job.state.in_(PENDING)))):
+                continue  # queued since the select
+            taken = connection.execute(
+                update(PriorLookup).where(PriorLookup.id == lookup_pk, PriorLookup.recheck_at <= now)
+                .values(recheck_at=None)
+            ).rowcount
+            if taken != 1:
+                continue  # another process queued it
+            if purged_at is not None:
+                log.info("event=prior_recheck_dropped study=%d reason=images purged", study_pk)
+                continue
+            connection.execute(insert(Job).values(study_pk=study_pk, kind=JobKind.REREPORT, state=JobState.QUEUED,
+                                                  created_at=now, attempts=0))
+        queued.append(study_pk)
+    return queued
+
+
 def claim_job(engine: Engine, worker: str, lease_s: float, max_attempts: int) -> ClaimedJob | None:
     """Claim the oldest queued job for ``worker``, or ``None`` when there is none.
 
@@ -96,11 +133,11 @@ def claim_job(engine: Engine, worker: str, lease_s: float, max_attempts: int) ->
                     lease_expires_at=now + dt.timedelta(seconds=lease_s),
                     attempts=Job.attempts + 1,
                 )
-                .returning(Job.id, Job.study_pk, Job.attempts)
+                .returning(Job.id, Job.study_pk, Job.attempts, Job.kind)
             ).first()
             if row is None:
                 return None
-            job = ClaimedJob(id=row.id, study_pk=row.study_pk, attempts=row.attempts)
+            job = ClaimedJob(id=row.id, study_pk=row.study_pk, attempts=row.attempts, kind=row.kind)
             if job.attempts <= max_attempts:
                 return job
             connection.execute(

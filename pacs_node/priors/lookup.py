@@ -8,6 +8,7 @@ above DEBUG: events carry the source name, counts and the study's row id.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -50,11 +51,12 @@ def current_study(engine: Engine, spool_root: Path, study_pk: int) -> CurrentStu
     return None
 
 
-def prior_json(row: LookupRow) -> dict:
-    """The ``prior`` object of a job's result."""
+def prior_json(row: LookupRow, recheck_at: dt.datetime | None = None) -> dict:
+    """The ``prior`` object of a job's result (``recheck_at``: when it is looked up again)."""
     return {"status": row.status.value, "source": row.source, "study_uid": row.study_uid,
             "study_date": row.study_date or None, "series_uid": row.series_uid, "instances": row.instances,
-            "our_sr_uid": row.our_sr_uid, "reason": row.reason}
+            "our_sr_uid": row.our_sr_uid, "reason": row.reason,
+            "recheck_at": recheck_at.isoformat(timespec="seconds") if recheck_at else None}
 
 
 class PriorFinder:

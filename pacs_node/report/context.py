@@ -23,6 +23,8 @@ from pacs_node.imaging.findings import Finding, study_category
 
 NOT_FOR_DIAGNOSTIC_USE = "NOT FOR DIAGNOSTIC USE - model trained on synthetic data only"
 NO_NODULES_DETECTED = "No lung nodules detected."
+#: The first comment of a report that replaces an earlier one of ours (its predecessor).
+REVISED_REPORT = "Revised report: it replaces the earlier AI report of this study."
 LUNG_RADS_NOTE = (
     "Lung-RADS v2022 categories are computed from the AI measurements with the baseline "
     "screening table; no comparison with prior examinations was made."

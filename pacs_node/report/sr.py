@@ -97,6 +97,7 @@ from pacs_node.report.context import (
     LUNG_RADS_NOTE,
     NO_NODULES_DETECTED,
     NOT_FOR_DIAGNOSTIC_USE,
+    REVISED_REPORT,
     AlgorithmInfo,
     DeviceInfo,
     ReportOutcome,
@@ -210,12 +211,12 @@ def _code(name: Code, value: Code) -> hd.sr.CodeContentItem:
 
 def _study_evaluations(
     findings: Sequence[Finding], outcome: ReportOutcome, algorithm: AlgorithmInfo, device: DeviceInfo,
-    prior: PriorStatement | None = None,
+    prior: PriorStatement | None = None, revised: bool = False,
 ) -> list[hd.sr.ContentItem]:
     """Items of the report-level Qualitative Evaluations container (with ``prior``: what was
-    found of the prior CT, :mod:`pacs_node.report.prior`)."""
+    found of the prior CT, :mod:`pacs_node.report.prior`; ``revised``: it replaces an earlier report)."""
     summary = codes.cid6047
-    items: list[hd.sr.ContentItem] = []
+    items: list[hd.sr.ContentItem] = [_text(COMMENT, REVISED_REPORT)] if revised else []
     if not outcome.is_analysed:
         items.append(_code(CAD_SUMMARY, summary.NoAlgorithmsSucceededWithoutFindings))
         items.append(_text(NOT_ANALYSED_REASON, str(outcome.reason)))
@@ -254,6 +255,7 @@ def _measurement_report(
     algorithm: AlgorithmInfo,
     device: DeviceInfo,
     prior: PriorStatement | None = None,
+    revised: bool = False,
 ) -> hd.sr.MeasurementReport:
     """The TID 1500 content tree.
 
@@ -287,7 +289,8 @@ def _measurement_report(
             measurements.ContentSequence.extend(_nodule_group(index, finding, position, algorithm, algorithm_id))
         content.append(measurements)
     evaluations = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
-    evaluations.ContentSequence = hd.sr.ContentSequence(_study_evaluations(findings, outcome, algorithm, device, prior))
+    evaluations.ContentSequence = hd.sr.ContentSequence(
+        _study_evaluations(findings, outcome, algorithm, device, prior, revised))
     content.append(evaluations)
     root.ContentSequence = content
     return hd.sr.MeasurementReport.from_sequence([root], copy=False)
@@ -326,6 +329,7 @@ def build_report(
     device: DeviceInfo,
     identity: ObjectIdentity,
     prior: PriorStatement | None = None,
+    previous_versions: Sequence[Dataset] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR for one analysed CT series.
 
@@ -349,6 +353,11 @@ def build_report(
     prior
         What was found of the patient's prior CT (``[priors]`` on), stated in the
         report-level evaluations; ``None``: priors are not looked up.
+    previous_versions
+        Our earlier SRs this one replaces (a re-report; at least their SOP Class, SOP
+        Instance, Study and Series Instance UIDs): listed in the Predecessor Documents
+        Sequence, and the report says it is a revision.  Its findings should keep their
+        Tracking UIDs (:mod:`pacs_node.analyze.revision`).
 
     Returns
     -------
@@ -364,7 +373,7 @@ def build_report(
     """
     _check_source(source)
     _check_findings(findings, outcome, source)
-    content = _measurement_report(source, findings, outcome, algorithm, device, prior)
+    content = _measurement_report(source, findings, outcome, algorithm, device, prior, bool(previous_versions))
     report = hd.sr.Comprehensive3DSR(
         evidence=list(source),
         content=content[0],
@@ -372,6 +381,7 @@ def build_report(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=list(previous_versions) or None,
         series_description=report_description(findings, outcome, algorithm),
         **device.equipment(),
         coding_schemes=[PRIVATE_CODING_SCHEME],

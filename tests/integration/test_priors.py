@@ -1,6 +1,7 @@
-"""Finding and fetching the prior (issue 12, first slice): Orthanc as the query/retrieve source.
+"""Finding and fetching the prior (issue 12): Orthanc as the query/retrieve source.
 
-The node runs with analysis off (pass-through): the prior is looked up by the job either way.
+The node runs with analysis off (pass-through): the prior is looked up by the job either way;
+the re-report test runs the bundled model, with a second Orthanc as the PACS the reports go to.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from sqlalchemy import create_engine, func, select
 
 from pacs_node.analyze.pipeline import SR_SERIES_NUMBER
 from pacs_node.config import Destination
-from pacs_node.db.models import Instance, Job, JobState, PriorLookup, PriorRetrieval, RetrievalState, Series, Study
+from pacs_node.db.models import (
+    Instance, Job, JobKind, JobState, PriorLookup, PriorRetrieval, RetrievalState, Series, Study,
+)
+from pacs_node.ml.phantom import generate_followup, write_followup
+from pacs_node.report.read import read_findings, read_study_summary
 from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
 from pacs_node.send.scu import send_files
 from pacs_node.status import render_status
-from tests.conftest import RunningNode, free_port, make_series, storescu, wait_until
+from tests.conftest import REPO, RunningNode, free_port, make_series, storescu, wait_until
+from tests.integration.test_end_to_end import _reports
 from tests.orthanc import Orthanc
 
 pytestmark = pytest.mark.integration
@@ -200,3 +206,68 @@ def test_prior_fetched_with_c_move_to_the_listener(pacs, node_factory, tmp_path:
         assert connection.scalar(select(func.count()).select_from(Job).where(Job.study_pk == study_pk)) == 0
         assert connection.scalar(select(PriorRetrieval.method)) == "move"
     engine.dispose()
+
+
+def test_a_prior_back_online_gets_the_study_re_reported(node_factory, tmp_path: Path) -> None:
+    """The source holding the prior is down when the follow-up arrives: the first SR says the prior
+    could not be retrieved; once the source is back, a recheck fetches it and a second SR version
+    with the comparison replaces the first (its predecessor), its nodules keeping their Tracking UIDs."""
+    port = free_port()
+    source = _orthanc(tmp_path / "source", port)  # the archive holding last year's CT
+    pacs = Orthanc(tmp_path / "pacs", dicom_port=free_port(), http_port=free_port())  # where reports go
+    pacs.start()
+    try:
+        fu = generate_followup(930600, 2, interval_days=365, shape_zyx=(64, 192, 192), spacing_zyx_mm=(2.0, 1.6, 1.6),
+                               n_nodules=2, nodule_types=["solid"], diameter_range_mm=(12.0, 16.0),
+                               courses=["growing", "stable"], vdt_days=250.0, n_new=0)
+        write_followup(fu, tmp_path / "patient")
+        prior, current = (fu.timepoints[i].phantom for i in (0, 1))
+        _push_to_pacs(source, sorted((tmp_path / "patient" / "t0" / "series").glob("*.dcm")))
+        source.stop()
+        node = node_factory(node={"port": port}, analysis={"enabled": True, "models_dir": str(REPO / "models")},
+                            **_priors(_source(source), max_wait_s=60, query_timeout_s=2, recheck_minutes=0.05,
+                                      recheck_hours=1),
+                            destinations=[{"name": "pacs", "ae_title": pacs.ae_title, "host": "127.0.0.1",
+                                           "port": pacs.dicom_port}], sending={"poll_interval_s": 0.3})
+        assert storescu(node.port, tmp_path / "patient" / "t1" / "series").returncode == 0
+        [first] = wait_until(lambda: _reports(pacs, current.study_uid, tmp_path)[0], timeout=240, interval=1.0)
+        said = read_study_summary(first)
+        assert said["compared_with_prior"] is False
+        assert any(c.startswith("Prior CT could not be retrieved (orthanc: no association") for c in said["comments"])
+        before = read_findings(first)
+        assert before, "the model finds the nodules"
+
+        source.start()  # the archive is back: the next recheck (every 3 s) fetches the prior
+        srs = wait_until(lambda: (found := _reports(pacs, current.study_uid, tmp_path)[0]) and len(found) == 2
+                         and found, timeout=240, interval=1.0)
+        [second] = [sr for sr in srs if "PredecessorDocumentsSequence" in sr]
+        [predecessor] = second.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+        assert predecessor.ReferencedSOPInstanceUID == first.SOPInstanceUID, "the new version names the first"
+        assert second.SOPInstanceUID != first.SOPInstanceUID
+        summary = read_study_summary(second)
+        assert summary["compared_with_prior"] is True and summary["prior_study_uid"] == prior.study_uid
+        assert summary["comments"][0].startswith("Revised report")
+        now = read_findings(second)
+        assert {n["tracking_uid"] for n in now} == {n["tracking_uid"] for n in before}, "same Tracking UIDs"
+        assert [n for n in now if n["prior_diameter_mm"] is not None], "compared nodule by nodule"
+
+        engine = create_engine(node.database_url)
+        with engine.connect() as connection:
+            jobs = connection.execute(
+                select(Job.kind, Job.result).join(Study, Study.id == Job.study_pk)
+                .where(Study.study_uid == current.study_uid, Job.state == JobState.DONE).order_by(Job.id)).all()
+        assert jobs[0].kind is JobKind.ANALYSIS and json.loads(jobs[0].result)["prior"]["recheck_at"]
+        assert all(kind is JobKind.REREPORT for kind, _ in jobs[1:])
+        last = json.loads(jobs[-1].result)
+        assert last["rereport"]["predecessor_sr_uids"] == [str(first.SOPInstanceUID)]
+        assert last["prior"]["status"] == "found" and last["prior"]["recheck_at"] is None
+        status = render_status(engine)
+        assert "re-report with the prior" in status and "1 studies had a prior" in status
+        engine.dispose()
+        log = node.output()
+        assert "event=prior_recheck_queued" in log and "event=study_rereported" in log
+        for secret in (current.study_uid, prior.study_uid, str(first.SOPInstanceUID)):
+            assert secret not in log, "no patient data or UIDs in the log at INFO"
+    finally:
+        source.stop()
+        pacs.stop()

@@ -1,8 +1,10 @@
 """The analysis job with ``[priors]``: the SR states what the lookup found, compares with a found
-prior (detect, register, match, change), and never waits past ``max_wait_s``."""
+prior (detect, register, match, change), and never waits past ``max_wait_s``; with
+``recheck_minutes`` an unavailable prior is looked up again and the study re-reported."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from pathlib import Path
 
@@ -10,13 +12,16 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
+from sqlalchemy import select, update
 
 from pacs_node.analyze.pipeline import Analysis
-from pacs_node.db.models import PriorStatus
+from pacs_node.db import queue
+from pacs_node.db.models import JobKind, JobState, ObjectKind, PriorLookup, PriorStatus, Study, utcnow
 from pacs_node.db.priors import LookupRow
 from pacs_node.imaging.findings import Finding, NoduleType
 from pacs_node.ml.phantom import generate_followup, write_followup
 from pacs_node.priors.job import WithPriors
+from pacs_node.report.context import REVISED_REPORT
 from pacs_node.report.read import read_findings, read_study_summary
 from tests.analyze.test_pipeline import TruthDetector, _job, _receive, study  # noqa: F401 - fixture
 
@@ -35,10 +40,10 @@ class _Finder:
         return self.row
 
 
-def _settings(settings, max_wait_s: float):  # noqa: ANN001, ANN202
+def _settings(settings, max_wait_s: float, **priors: float):  # noqa: ANN001, ANN202
     sources = [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 11999}]
     return settings.model_copy(update={"priors": settings.priors.model_copy(
-        update={"enabled": True, "max_wait_s": max_wait_s, "sources": sources})})
+        update={"enabled": True, "max_wait_s": max_wait_s, "sources": sources, **priors})})
 
 
 @pytest.mark.parametrize(("row", "delay_s", "max_wait_s", "status", "sentence"), [
@@ -165,3 +170,127 @@ def pacs_volume(folder: Path):  # noqa: ANN201
     from pacs_node.imaging.volume import volume_from_datasets
 
     return volume_from_datasets([pydicom.dcmread(path) for path in sorted(folder.glob("*.dcm"))])
+
+
+# -- re-reporting when the prior becomes available ([priors] recheck_minutes) ------------------
+
+DOWN = LookupRow(PriorStatus.UNAVAILABLE, reason="pacs: no association: connection refused")
+
+
+def _lookups(engine) -> list:  # noqa: ANN001
+    with engine.connect() as connection:
+        return connection.execute(select(PriorLookup).order_by(PriorLookup.id)).all()
+
+
+def _finish(engine, job, outcome) -> None:  # noqa: ANN001
+    """What the worker does with an outcome: the job, its objects and deliveries in one transaction."""
+    assert queue.finish_job(engine, job, "t", JobState.DONE, result=outcome.result, objects=outcome.objects)
+
+
+def _due(engine, minutes: float = 1) -> list[int]:  # noqa: ANN001
+    """Queue the rechecks due ``minutes`` (and a second) from now."""
+    return queue.queue_rechecks(engine, now=utcnow() + dt.timedelta(minutes=minutes, seconds=1))
+
+
+def _predecessors(sr) -> list[str]:  # noqa: ANN001
+    return [str(sop.ReferencedSOPInstanceUID) for study in sr.get("PredecessorDocumentsSequence", [])
+            for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence]
+
+
+@pytest.fixture
+def followup(study, tmp_path: Path):  # noqa: ANN001, ANN201, F811
+    """A prior (received as if fetched) and the current study with its claimed job; rechecks every minute."""
+    _, _, settings, engine = study
+    settings = _settings(settings, 30, recheck_minutes=1, recheck_hours=2)
+    fu = generate_followup(930502, 2, interval_days=365, shape_zyx=(72, 160, 160), spacing_zyx_mm=(2.5, 1.8, 1.8),
+                           n_nodules=2, nodule_types=["solid"], diameter_range_mm=(8.0, 12.0),
+                           courses=["growing", "stable"], vdt_days=300.0, n_new=1)
+    write_followup(fu, tmp_path / "patient")
+    _receive(tmp_path / "patient" / "t0" / "series", settings.storage.spool_dir, engine)
+    assert _job(engine) is not None  # (the prior's own job, left aside: a fetched prior has none)
+    _receive(tmp_path / "patient" / "t1" / "series", settings.storage.spool_dir, engine)
+    job = _job(engine)
+    assert queue.claim_job(engine, "t", 600, 3) is None
+    baseline = fu.timepoints[0].phantom
+    found = LookupRow(PriorStatus.FOUND, source="pacs", study_uid=baseline.study_uid, study_date="20260101",
+                      series_uid=baseline.series_uid, instances=72)
+    return settings, engine, _TruthPerStudy(fu.timepoints), job, found
+
+
+def test_a_study_is_re_reported_when_its_prior_becomes_available(followup) -> None:  # noqa: ANN001
+    settings, engine, detector, job, found = followup
+    spool = settings.storage.spool_dir
+    first = WithPriors(Analysis(settings, detector), settings, finder=_Finder(DOWN))(engine, job)
+    _finish(engine, job, first)
+    first_sr = pydicom.dcmread(spool / first.objects[0][3])
+    assert read_study_summary(first_sr)["comments"][0].startswith("Prior CT could not be retrieved (pacs: no assoc")
+    assert first.result["prior"]["recheck_at"] is not None
+    [row] = _lookups(engine)
+    assert row.recheck_at is not None and row.recheck_until is not None
+
+    assert _due(engine, minutes=0.5) == [], "not due before recheck_minutes"
+    assert _due(engine) == [job.study_pk]
+    assert _due(engine) == [], "queued once"
+    recheck = queue.claim_job(engine, "t", 600, 3)
+    assert recheck.kind is JobKind.REREPORT and recheck.study_pk == job.study_pk
+    still_down = WithPriors(Analysis(settings, detector), settings, finder=_Finder(DOWN))(engine, recheck)
+    assert not still_down.objects, "nothing new while the prior is unavailable"
+    assert still_down.result["step"] == "prior-recheck" and still_down.result["prior"]["status"] == "unavailable"
+    _finish(engine, recheck, still_down)
+    older, newer = _lookups(engine)
+    assert older.recheck_at is None and newer.recheck_at is not None, "the next recheck is planned"
+    assert newer.recheck_until == older.recheck_until, "within the same window"
+
+    assert _due(engine) == [job.study_pk]
+    rereport = queue.claim_job(engine, "t", 600, 3)
+    second = WithPriors(Analysis(settings, detector), settings, finder=_Finder(found))(engine, rereport)
+    _finish(engine, rereport, second)
+    sr = pydicom.dcmread(spool / second.objects[0][3])
+    summary = read_study_summary(sr)
+    assert summary["compared_with_prior"] is True and summary["prior_study_uid"] == found.study_uid
+    assert summary["comments"][:2] == [REVISED_REPORT, "Compared with the prior CT of 2026-01-01: Lung-RADS "
+                                       "categories use the follow-up rules."]
+    assert str(sr.SOPInstanceUID) != str(first_sr.SOPInstanceUID)
+    assert _predecessors(sr) == [str(first_sr.SOPInstanceUID)], "the first SR is its predecessor"
+    now, before = read_findings(sr), read_findings(first_sr)
+    assert len(now) == len(before) == 3
+    assert {n["tracking_uid"] for n in now} == {n["tracking_uid"] for n in before}, "the same Tracking UIDs"
+    assert all(n["change"] is not None for n in now), "each nodule compared with the prior"
+    images = lambda outcome: {uid for kind, _, uid, _ in outcome.objects if kind is ObjectKind.KEY_IMAGE}  # noqa: E731
+    assert images(second) and not images(second) & images(first), "new key images"
+    assert second.result["rereport"] == {"revises_job": job.id, "predecessor_sr_uids": [str(first_sr.SOPInstanceUID)]}
+    assert second.result["series"][0]["revises"]["tracking_uids_kept"] == 3
+    assert second.result["prior"] == {**second.result["prior"], "status": "found", "recheck_at": None}
+    assert _due(engine, minutes=200) == [], "no recheck once re-reported"
+
+
+def test_a_recheck_that_finds_no_prior_stops_without_a_report(followup) -> None:  # noqa: ANN001
+    settings, engine, detector, job, _ = followup
+    _finish(engine, job, WithPriors(Analysis(settings, detector), settings, finder=_Finder(DOWN))(engine, job))
+    assert _due(engine) == [job.study_pk]
+    recheck = queue.claim_job(engine, "t", 600, 3)
+    none = LookupRow(PriorStatus.NONE, source="pacs", reason="no earlier CT study within 1826 days")
+    outcome = WithPriors(Analysis(settings, detector), settings, finder=_Finder(none))(engine, recheck)
+    assert not outcome.objects and outcome.result["rereported"] is False
+    _finish(engine, recheck, outcome)
+    assert [row.recheck_at for row in _lookups(engine)] == [None, None]
+    assert _due(engine, minutes=200) == []
+
+
+def test_no_recheck_past_recheck_hours(followup) -> None:  # noqa: ANN001
+    settings, engine, detector, job, _ = followup
+    with engine.begin() as connection:  # the study completed 3 h ago (recheck_hours = 2)
+        connection.execute(update(Study).where(Study.id == job.study_pk)
+                           .values(completed_at=utcnow() - dt.timedelta(hours=3)))
+    outcome = WithPriors(Analysis(settings, detector), settings, finder=_Finder(DOWN))(engine, job)
+    assert outcome.result["prior"]["recheck_at"] is None
+    [row] = _lookups(engine)
+    assert row.recheck_at is None and row.recheck_until is not None
+
+
+def test_without_recheck_minutes_nothing_is_planned(followup) -> None:  # noqa: ANN001
+    settings, engine, detector, job, _ = followup
+    settings = _settings(settings, 30, recheck_minutes=0)
+    outcome = WithPriors(Analysis(settings, detector), settings, finder=_Finder(DOWN))(engine, job)
+    assert outcome.result["prior"]["status"] == "unavailable" and outcome.result["prior"]["recheck_at"] is None
+    assert [row.recheck_at for row in _lookups(engine)] == [None]
