@@ -22,7 +22,7 @@ from pacs_node.db.ingest import InstanceRecorder
 from pacs_node.db.models import Instance, PriorStatus, Series, Study
 from pacs_node.db.priors import LookupRow, begin_retrieval, finish_retrieval, kept_instances
 from pacs_node.priors.association import Cancel, SourceUnavailable
-from pacs_node.priors.query import CurrentStudy, PriorStudy, find_prior
+from pacs_node.priors.query import CurrentStudy, PriorStudy, SeriesGate, find_prior
 from pacs_node.priors.retrieve import retrieve
 from pacs_node.receive.spool import Spool
 from pacs_node.receive.store import SpoolingSink
@@ -67,6 +67,7 @@ class PriorFinder:
         self.calling_ae = settings.node.ae_title
         self.spool_root = Path(settings.storage.spool_dir)
         self.node_name = settings.node.name
+        self.gate = SeriesGate(settings.analysis.min_slices, settings.analysis.max_slice_spacing_mm)
 
     def lookup(self, engine: Engine, study_pk: int, cancel: Cancel) -> LookupRow:
         """What the sources hold as the prior of study ``study_pk``, fetched into the spool."""
@@ -76,7 +77,7 @@ class PriorFinder:
         reasons = []
         for source in self.config.sources:
             try:
-                prior = find_prior(source, current, self.config, self.calling_ae, cancel)
+                prior = find_prior(source, current, self.config, self.calling_ae, cancel, self.gate)
             except SourceUnavailable as exc:
                 log.warning("event=prior_source_unavailable study=%d source=%s reason=%r", study_pk, source.name,
                             str(exc))

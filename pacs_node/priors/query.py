@@ -2,8 +2,10 @@
 
 The prior is the most recent earlier study of the same patient (PatientID, and
 IssuerOfPatientID when the current study has one) within the look-back window that has
-a CT series; its CT series is the one with the most instances (the thinnest
-reconstruction, usually).  PACS treat ``ModalitiesInStudy`` unevenly, so it is asked for
+a CT series that passes the analysis's series gate (:class:`SeriesGate`: enough slices,
+slices no thicker than the analysis takes, as far as the source says); its CT series is
+the thinnest of those, then the one with the most instances.  A study whose CT series
+all fail the gate (a scout, a 5 mm reconstruction only) is passed over for an older one.  PACS treat ``ModalitiesInStudy`` unevenly, so it is asked for
 but a study is judged by its series: one that lists modalities without CT is skipped,
 one that lists none is looked at.  Dates are filtered on our side too: the query asks
 for the window up to the current study's date, and a same-day study counts only when
@@ -50,6 +52,31 @@ class RemoteSeries:
     series_number: int | None
     instances: int | None
     slice_thickness: float | None = None
+
+
+@dataclass(frozen=True)
+class SeriesGate:
+    """What a prior's CT series must be to be compared: the ``[analysis]`` series gate, on C-FIND answers.
+
+    A source that does not return a series' instance count or slice thickness is given
+    the benefit of the doubt; the analysis checks the retrieved slices again.
+    """
+
+    min_slices: int = 30
+    max_slice_thickness_mm: float = 3.0
+
+    def passes(self, series: RemoteSeries) -> bool:
+        """Whether the source's answer about ``series`` leaves it eligible."""
+        if series.instances is not None and series.instances < self.min_slices:
+            return False
+        return series.slice_thickness is None or series.slice_thickness <= self.max_slice_thickness_mm
+
+    def choose(self, ct: list[RemoteSeries]) -> RemoteSeries | None:
+        """The series to compare with: the thinnest that passes, then the one with most instances."""
+        eligible = [s for s in ct if self.passes(s)]
+        if not eligible:
+            return None
+        return min(eligible, key=lambda s: (s.slice_thickness is None, s.slice_thickness or 0.0, -(s.instances or 0)))
 
 
 @dataclass(frozen=True)
@@ -174,8 +201,8 @@ def _sop_uid(assoc: Association, study_uid: str, series_uid: str, cancel: Cancel
 
 
 def find_prior(source: PriorSource, current: CurrentStudy, config: PriorsConfig, calling_ae: str,
-               cancel: Cancel) -> PriorStudy | None:
-    """The prior study on ``source``, or ``None`` when it holds none.
+               cancel: Cancel, gate: SeriesGate | None = None) -> PriorStudy | None:
+    """The prior study on ``source``, or ``None`` when it holds none (with a CT series through ``gate``).
 
     Raises
     ------
@@ -186,10 +213,9 @@ def find_prior(source: PriorSource, current: CurrentStudy, config: PriorsConfig,
     try:
         for date, _, study_uid in _studies(assoc, current, config.lookback_days, cancel)[:MAX_CANDIDATES]:
             series = _series(assoc, study_uid, cancel)
-            ct = [s for s in series if s.modality == "CT"]
-            if not ct:
+            chosen = (gate or SeriesGate()).choose([s for s in series if s.modality == "CT"])
+            if chosen is None:
                 continue
-            chosen = max(ct, key=lambda s: s.instances or 0)
             ours = next((s for s in series if s.modality == "SR" and s.series_number == SR_SERIES_NUMBER), None)
             sop = _sop_uid(assoc, study_uid, ours.series_uid, cancel) if ours else None
             return PriorStudy(source, study_uid, f"{date:%Y%m%d}", chosen, ours, sop)

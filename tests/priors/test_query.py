@@ -92,3 +92,32 @@ def test_the_newest_study_with_a_ct_series_and_our_sr(monkeypatch) -> None:  # n
     assert (prior.study_uid, prior.study_date, prior.ct.series_uid, prior.ct.instances) == ("1.2.2", "20250101",
                                                                                            "1.2.2.2", 240)
     assert prior.our_sr is not None and (prior.our_sr.series_uid, prior.our_sr_uid) == ("1.2.2.9", "1.2.2.9.1")
+
+
+def test_the_prior_series_passes_the_analysis_gate_or_an_older_study_is_taken(monkeypatch) -> None:  # noqa: ANN001
+    studies = [_study("1.2.1", "20250601"), _study("1.2.2", "20250101")]
+
+    def ct(uid: str, instances: int | None, thickness: str | None) -> Dataset:
+        values = {"SeriesInstanceUID": uid, "Modality": "CT", "SeriesNumber": 2}
+        if instances is not None:
+            values["NumberOfSeriesRelatedInstances"] = instances
+        if thickness is not None:
+            values["SliceThickness"] = thickness
+        return _identifier(**values)
+
+    series = {
+        "1.2.1": [ct("1.2.1.1", 3, None), ct("1.2.1.2", 60, "5.0")],  # a scout and a 5 mm series only
+        "1.2.2": [ct("1.2.2.1", 120, "2.5"), ct("1.2.2.2", 300, "1.0"), ct("1.2.2.3", 400, None),
+                  ct("1.2.2.4", 10, "0.6")],
+    }
+    fake = _FakeAssociation(studies, series)
+    monkeypatch.setattr(query, "associate", lambda *args, **kwargs: fake)
+    monkeypatch.setattr(query, "close", lambda *args: None)
+    source = PriorSource(name="pacs", ae_title="PACS", host="h", port=104)
+    prior = query.find_prior(source, CURRENT, PriorsConfig(), "PACS_NODE", Cancel(), query.SeriesGate(30, 3.0))
+    assert prior is not None and prior.study_uid == "1.2.2"  # the newer study has nothing comparable
+    assert prior.ct.series_uid == "1.2.2.2"  # thinnest with enough slices, not the one with most instances
+    strict = query.SeriesGate(min_slices=500, max_slice_thickness_mm=3.0)
+    assert query.find_prior(source, CURRENT, PriorsConfig(), "PACS_NODE", Cancel(), strict) is None
+    unknown = query.SeriesGate().choose([query.RemoteSeries("1.9", "CT", 1, None, None)])
+    assert unknown is not None  # a source that says nothing is given the benefit of the doubt
