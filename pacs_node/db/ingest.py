@@ -1,21 +1,26 @@
 """Recording received instances: patient, study, series and instance rows.
 
 This is the receive path's only database code, so it is written for speed: Core
-statements, one transaction per instance, and a per-process cache of the series
-rows already known.
+statements, one transaction per batch of instances (:meth:`InstanceRecorder.record_batch`,
+whose commit on SQLite is made durable by :meth:`InstanceRecorder.sync_log`), and a
+per-process cache of the series rows already known.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.dialects import postgresql, sqlite
 
+from pacs_node.db.engine import unsynced_commits
 from pacs_node.db.models import Instance, Patient, Series, Study, StudyState, utcnow
 
 _CACHE_SIZE = 2048
@@ -82,13 +87,65 @@ class InstanceRecorder:
         # reset cost more than the insert itself.
         self._local = threading.local()
         self._connections: list[Connection] = []
+        # The batch connection commits without syncing where it can; _log is then what to fsync.
+        self._batch: Connection | None = None
+        self._log: Path | None = None
 
     def is_stored(self, sop_instance_uid: str) -> str | None:
         """The spool path of an instance already stored (and not purged), or ``None``."""
+        stored = self.stored_file(sop_instance_uid)
+        return stored[0] if stored else None
+
+    def stored_file(self, sop_instance_uid: str) -> tuple[str, int] | None:
+        """(spool path, size in bytes) of an instance already stored and not purged, or ``None``."""
         with self.engine.connect() as connection:
-            return connection.scalar(
-                select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid, Instance.purged_at.is_(None))
-            )
+            row = connection.execute(
+                select(Instance.path, Instance.size_bytes)
+                .where(Instance.sop_instance_uid == sop_instance_uid, Instance.purged_at.is_(None))
+            ).first()
+        return (row.path, row.size_bytes) if row else None
+
+    def record_batch(self, instances: Sequence[ReceivedInstance]) -> list[bool]:
+        """Commit the rows of ``instances`` in one transaction; for each, whether it was new
+        (as :meth:`record`).  Call from one thread at a time.
+
+        The commit is visible to every connection when this returns, but on SQLite it is
+        durable only after :meth:`sync_log`.  If anything fails nothing is committed, the
+        cached row ids are dropped, and the error is raised.
+        """
+        connection = self._batch_connection()
+        try:
+            with connection.begin():
+                return [self._record(connection, instance) for instance in instances]
+        except Exception as exc:
+            self.forget()  # ids cached inside the rolled-back transaction name no rows
+            if isinstance(exc, DBAPIError):
+                self._batch = None
+                connection.invalidate()
+                connection.close()
+            raise
+
+    def sync_log(self) -> None:
+        """Make what :meth:`record_batch` committed durable: fdatasync SQLite's write-ahead
+        log, as its own synchronous commits do (nothing to do where commits are durable by
+        themselves, as on PostgreSQL)."""
+        log = self._log
+        if log is None:
+            return
+        try:
+            fd = os.open(log, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # checkpointed and removed: the commits are in the database file
+            fd = os.open(log.with_name(log.name.removesuffix("-wal")), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+
+    def _batch_connection(self) -> Connection:
+        if self._batch is None or self._batch.closed or self._batch.invalidated:
+            self._batch = self.engine.connect()
+            self._log = unsynced_commits(self._batch)
+        return self._batch
 
     def record(self, instance: ReceivedInstance) -> bool:
         """Commit the rows for ``instance``; ``False`` if it was already recorded.
@@ -126,9 +183,12 @@ class InstanceRecorder:
             connection.close()
 
     def close(self) -> None:
-        """Close the connections held by receiving threads."""
+        """Close the connections held by receiving threads and the batch connection."""
         with self._lock:
             connections, self._connections = self._connections, []
+        if self._batch is not None:
+            connections.append(self._batch)
+            self._batch = None
         for connection in connections:
             try:
                 connection.close()

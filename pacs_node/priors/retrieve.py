@@ -2,8 +2,8 @@
 
 C-GET brings the instances back on our own association (we act as storage SCP on it),
 so the PACS needs to know only our AE title; each instance goes through the node's
-normal durable storage (:class:`~pacs_node.receive.store.SpoolingSink`: fsync, row,
-rename).  C-MOVE asks the PACS to send them to ``move_destination``, our listener, which
+normal durable storage (:class:`~pacs_node.receive.store.SpoolingSink`: row, rename,
+fsync).  C-MOVE asks the PACS to send them to ``move_destination``, our listener, which
 stores them as any received instance.  Either way the study was recorded as a prior
 (:func:`pacs_node.db.priors.begin_retrieval`) before the first instance arrived, so the
 completion sweep never queues it for analysis.

@@ -1,8 +1,11 @@
 """Durable file store for received instances.
 
-Files are written under ``incoming/`` with a random name, fsynced, then renamed to
-``studies/<study>/<series>/<sop>.dcm`` and the directory fsynced, so a file under
-``studies/`` is always complete.  Paths are built from validated UIDs only.
+Files are written under ``incoming/`` with a random name and renamed to
+``studies/<study>/<series>/<sop>.dcm`` once complete, so a file under ``studies/`` never
+lacks bytes its writer had written.  :meth:`Spool.commit` makes one file durable on its
+own (fsync, rename, fsync of the folder); the receive path instead places files with
+:meth:`Spool.place` and fsyncs a whole batch of them and their folders at once
+(``group_commit.py``).  Paths are built from validated UIDs only.
 """
 
 from __future__ import annotations
@@ -139,7 +142,8 @@ class Spool:
         self.studies = root / "studies"
         for folder in (self.incoming, self.studies):
             folder.mkdir(parents=True, exist_ok=True)
-        self._known_dirs: set[Path] = set()
+        #: Folders whose entry, and their parents' entries, this process has fsynced.
+        self._durable_dirs: set[Path] = set()
         # Creating a file costs a journal write; one spare is made ahead, off the hot path.
         self._spares: list[PartialFile] = []
         self._spare_lock = threading.Lock()
@@ -188,26 +192,45 @@ class Spool:
     def commit(self, partial: PartialFile, relative_path: str) -> StoredFile:
         """fsync ``partial`` and move it to ``relative_path`` atomically and durably."""
         size = partial.sync()
+        folders = self.place(partial, relative_path)
+        for folder in folders:
+            fsync_dir(folder)
+        self.folders_durable(folders)
+        return StoredFile(relative_path, size)
+
+    def place(self, partial: PartialFile, relative_path: str) -> set[Path]:
+        """Rename the complete ``partial`` to ``relative_path``; nothing is fsynced.
+
+        Returns the folders to fsync, after the file, to make its name durable: its own,
+        and the ones above it up to the spool root when this process has not yet made
+        them durable (see :meth:`folders_durable`).  ``partial.path`` follows the file, so
+        :meth:`PartialFile.discard` removes it from there.
+        """
         target = self.root / relative_path
         folder = target.parent
-        if folder not in self._known_dirs:
-            self._make_dirs(folder)
+        folders = {folder}
+        if folder not in self._durable_dirs:
+            folder.mkdir(parents=True, exist_ok=True)
+            folders |= self._ancestors(folder)
         try:
             os.replace(partial.path, target)
         except FileNotFoundError:  # the folder was removed by retention meanwhile
-            self._make_dirs(folder)
+            self._durable_dirs.discard(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            folders |= self._ancestors(folder)
             os.replace(partial.path, target)
-        fsync_dir(folder)
-        return StoredFile(relative_path, size)
+        partial.path = target
+        return folders
 
-    def _make_dirs(self, folder: Path) -> None:
-        new_dirs = [p for p in (folder.parent, folder) if not p.exists()]
-        folder.mkdir(parents=True, exist_ok=True)
-        for created in new_dirs:
-            fsync_dir(created.parent)
-        if len(self._known_dirs) > 10_000:
-            self._known_dirs.clear()
-        self._known_dirs.add(folder)
+    def folders_durable(self, folders: set[Path]) -> None:
+        """Note that ``folders``, returned by :meth:`place`, were fsynced: a file placed in
+        one of them later needs only that folder fsynced."""
+        if len(self._durable_dirs) > 10_000:
+            self._durable_dirs.clear()
+        self._durable_dirs.update(folders)
+
+    def _ancestors(self, folder: Path) -> set[Path]:
+        return {parent for parent in folder.parents if parent == self.root or self.root in parent.parents}
 
     def write_dataset(self, dataset: Dataset, relative_path: str) -> StoredFile:
         """Write a DICOM object we made (a report) durably at ``relative_path``."""

@@ -1,7 +1,8 @@
-"""The instance sink: check a received data set, make it durable, record it.
+"""The instance sink: check a received data set, then have it recorded and made durable.
 
-Order matters for "acknowledged means kept": the file is fsynced and renamed before
-its row is committed, and the C-STORE is answered only after both.
+The C-STORE is answered only once the file's bytes, its name under ``studies/`` and its
+row are durable; ``group_commit.py`` does that for the instances of all associations
+together and says precisely what is durable when.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ import functools
 import logging
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.filereader import read_partial
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from pacs_node.db.ingest import InstanceRecorder, ReceivedInstance
 from pacs_node.receive.dimse import Request, Status
+from pacs_node.receive.group_commit import GroupCommit
 from pacs_node.receive.header import LAST_TAG, TAGS as HEADER_TAGS, read_header as read_raw_header
 from pacs_node.receive.part10 import PREAMBLE
 from pacs_node.receive.scp import StoreResult
@@ -137,20 +138,21 @@ def read_header(partial: PartialFile, request: Request, transfer_syntax: str, ca
 class SpoolingSink:
     """Stores received instances in the spool and the database.
 
-    The row is committed while the file is being fsynced (both wait on the disk);
-    the file is renamed into place only after both, and a stored instance counts as
-    a duplicate only when its row and its file both exist, so a crash between the
-    two never turns a re-sent instance into a lost one.
+    A checked instance goes to the :class:`GroupCommit`, which answers once its row,
+    file and name are durable.  A re-sent instance is a duplicate, answered at once and
+    stored once, only when its row, its file and the file's size agree; otherwise
+    (a crash left a row without its file, or a file cut short) it is stored again.
+    ``max_parallel`` bounds how many instances are committed and flushed together.
     """
 
     def __init__(self, spool: Spool, recorder: InstanceRecorder, max_parallel: int = 16) -> None:
         self.spool = spool
         self.recorder = recorder
-        self._database = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="ingest-db")
+        self._commit = GroupCommit(spool, recorder, max_batch=max_parallel)
 
     def close(self) -> None:
-        """Wait for row commits in flight, then close the database connections."""
-        self._database.shutdown(wait=True)
+        """Finish the instances in flight, then close the database connections."""
+        self._commit.close()
         self.recorder.close()
 
     def begin(self) -> PartialFile:
@@ -160,21 +162,11 @@ class SpoolingSink:
         try:
             header = read_header(partial, request, transfer_syntax, calling_ae)
             relative = self.spool.relative_path(header.study_uid, header.series_uid, header.sop_instance_uid)
-            if self.spool.path_of(relative).exists() and self.recorder.is_stored(header.sop_instance_uid) == relative:
+            if self._already_stored(header.sop_instance_uid, relative):
                 partial.discard()
                 log.debug("event=instance_duplicate calling_ae=%s", calling_ae)
                 return StoreResult(Status.SUCCESS)
             instance = dataclasses.replace(header, relative_path=relative, size_bytes=partial.size())
-            row = self._database.submit(self._record, instance)
-            try:
-                partial.sync()
-            finally:
-                result = row.result()
-            if result.status != Status.SUCCESS:
-                partial.discard()
-                return result
-            self.spool.commit(partial, relative)
-            return result
         except InvalidInstance as exc:
             partial.discard()
             log.warning("event=instance_refused status=0x%04X reason=%r calling_ae=%s", exc.status, str(exc), calling_ae)
@@ -191,18 +183,12 @@ class SpoolingSink:
             partial.discard()
             log.exception("event=store_failed calling_ae=%s", calling_ae)
             return StoreResult(Status.PROCESSING_FAILURE, "internal error; see the node's log")
+        return self._commit.store(partial, instance)
 
-    def _record(self, instance: ReceivedInstance) -> StoreResult:
-        for attempt in range(2):
-            try:
-                new = self.recorder.record(instance)
-                break
-            except IntegrityError:
-                if attempt:
-                    raise
-                self.recorder.forget()  # cached series row was removed meanwhile
-            except OperationalError as exc:
-                log.error("event=database_unavailable error=%s", type(exc.orig).__name__)
-                return StoreResult(Status.OUT_OF_RESOURCES, "database unavailable")
-        log.debug("event=instance_stored new=%s path=%s", new, instance.relative_path)
-        return StoreResult(Status.SUCCESS)
+    def _already_stored(self, sop_instance_uid: str, relative: str) -> bool:
+        """Whether the instance's row names ``relative`` and the file there has the row's size."""
+        try:
+            size = self.spool.path_of(relative).stat().st_size
+        except FileNotFoundError:
+            return False
+        return self.recorder.stored_file(sop_instance_uid) == (relative, size)
