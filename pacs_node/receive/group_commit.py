@@ -24,7 +24,11 @@ it until this process has fsynced them once) and its row (fsync of the log, or
 PostgreSQL's commit).  A failure answers every instance it concerns with a failure status
 (A700 for the disk or the database, 0110 for a row the database refuses) and takes their
 files back out of ``studies/``: nothing of theirs is acknowledged, and since a row without
-its file is no duplicate, the scanner's re-send stores them again.
+its file is no duplicate, the scanner's re-send stores them again.  The exception is a
+file that replaces an earlier copy of the same instance (a re-send that is not a
+duplicate, e.g. in another transfer syntax): that earlier copy may have been
+acknowledged, so the new one is fsynced *before* it replaces it (the old order, for
+this rare case) and is never taken back out.
 
 Flushed together, an instance that was not acknowledged may be left by a power loss with
 its row and its name but not all of its bytes.  The filesystem's ordered data (ext4's
@@ -65,6 +69,9 @@ class _Pending:
     instance: ReceivedInstance
     answer: Future[StoreResult] = field(default_factory=Future)
     folders: set[Path] = field(default_factory=set)
+    #: Placed over an earlier copy of the same instance (a re-send that was not a duplicate):
+    #: fsynced before it replaced that copy, and never taken back out.
+    replaced: bool = False
 
 
 def _fail(batch: list[_Pending], result: StoreResult) -> None:
@@ -72,7 +79,8 @@ def _fail(batch: list[_Pending], result: StoreResult) -> None:
     wherever they are (in ``incoming/`` or already placed)."""
     for pending in batch:
         if not pending.answer.done():
-            pending.partial.discard()
+            if not pending.replaced:  # a replacing copy is durable and the only one left
+                pending.partial.discard()
             pending.answer.set_result(result)
 
 
@@ -199,7 +207,11 @@ class GroupCommit:
         placed = []
         for pending in recorded:
             try:
+                replacing = (self.spool.root / pending.instance.relative_path).exists()
+                if replacing:  # an earlier copy may be acknowledged: ours must be durable before it goes
+                    pending.partial.sync()
                 pending.folders = self.spool.place(pending.partial, pending.instance.relative_path)
+                pending.replaced = replacing
             except OSError as exc:
                 log.error("event=spool_failed error=%s calling_ae=%s", type(exc).__name__, pending.instance.calling_ae)
                 _fail([pending], SPOOL_FAILED)

@@ -192,6 +192,19 @@ def test_a_file_cut_short_by_a_crash_is_no_duplicate(node: Node) -> None:
     assert stored.read_bytes() == whole and len(node.rows()) == 1
 
 
+def test_a_copy_that_replaces_an_acknowledged_one_is_durable_first_and_never_taken_out(node: Node) -> None:
+    """A re-send that is no duplicate (here: the stored copy is short) replaces the stored
+    file; should its flush then fail, the instance is not lost: the new copy was fsynced
+    before the rename and stays in place."""
+    assert _send(node.sink, "1.2.3.1.1").status == Status.SUCCESS
+    [stored] = node.files()
+    whole = stored.read_bytes()
+    stored.write_bytes(whole[:-10])  # the size no longer agrees with the row: stored again
+    node.recorder.log_sync_fails = True
+    assert _send(node.sink, "1.2.3.1.1").status == Status.OUT_OF_RESOURCES
+    assert node.files() == [stored] and stored.read_bytes() == whole, "the replacing copy stays, whole"
+
+
 def test_a_row_without_its_file_is_no_duplicate(node: Node) -> None:
     """Killed after the commit, before the rename: the re-send stores the file."""
     assert _send(node.sink, "1.2.3.1.1").status == Status.SUCCESS
