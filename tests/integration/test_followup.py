@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pacs_node.ml.phantom import generate_followup, write_followup
 from pacs_node.report.read import read_findings, read_study_summary
 from tests.conftest import REPO, free_port, storescu, wait_until
 from tests.integration.test_end_to_end import _reports
-from tests.integration.test_priors import _orthanc
+from tests.integration.test_priors import _orthanc, growing_and_stable
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +33,7 @@ def test_the_sr_in_pacs_reports_the_change_since_the_prior(node_factory, tmp_pat
     port = free_port()
     orthanc = _orthanc(tmp_path, port)
     try:
-        fu = generate_followup(930600, 2, interval_days=365, shape_zyx=(64, 192, 192), spacing_zyx_mm=(2.0, 1.6, 1.6),
-                               n_nodules=2, nodule_types=["solid"], diameter_range_mm=(12.0, 16.0),
-                               courses=["growing", "stable"], vdt_days=250.0, n_new=0)
-        write_followup(fu, tmp_path / "patient")
+        fu = growing_and_stable(tmp_path / "patient")
         prior, current = (fu.timepoints[i].phantom for i in (0, 1))
         assert storescu(orthanc.dicom_port, tmp_path / "patient" / "t0" / "series",
                         called_ae=orthanc.ae_title).returncode == 0  # the PACS holds last year's CT

@@ -20,7 +20,7 @@ from pacs_node.config import Destination
 from pacs_node.db.models import (
     Instance, Job, JobKind, JobState, PriorLookup, PriorRetrieval, RetrievalState, Series, Study,
 )
-from pacs_node.ml.phantom import generate_followup, write_followup
+from pacs_node.ml.phantom import FollowUp, generate_followup, write_followup
 from pacs_node.report.read import read_findings, read_study_summary
 from pacs_node.report.identity import ObjectIdentity
 from pacs_node.report.sr import AlgorithmInfo, DeviceInfo, ReportOutcome, build_report
@@ -208,6 +208,16 @@ def test_prior_fetched_with_c_move_to_the_listener(pacs, node_factory, tmp_path:
     engine.dispose()
 
 
+def growing_and_stable(folder: Path) -> FollowUp:
+    """A synthetic patient's two CTs a year apart (written under ``folder``): two solid nodules
+    of 12 to 16 mm, one growing (VDT 250 days), one stable."""
+    fu = generate_followup(930600, 2, interval_days=365, shape_zyx=(64, 192, 192), spacing_zyx_mm=(2.0, 1.6, 1.6),
+                           n_nodules=2, nodule_types=["solid"], diameter_range_mm=(12.0, 16.0),
+                           courses=["growing", "stable"], vdt_days=250.0, n_new=0)
+    write_followup(fu, folder)
+    return fu
+
+
 def test_a_prior_back_online_gets_the_study_re_reported(node_factory, tmp_path: Path) -> None:
     """The source holding the prior is down when the follow-up arrives: the first SR says the prior
     could not be retrieved; once the source is back, a recheck fetches it and a second SR version
@@ -217,10 +227,7 @@ def test_a_prior_back_online_gets_the_study_re_reported(node_factory, tmp_path: 
     pacs = Orthanc(tmp_path / "pacs", dicom_port=free_port(), http_port=free_port())  # where reports go
     pacs.start()
     try:
-        fu = generate_followup(930600, 2, interval_days=365, shape_zyx=(64, 192, 192), spacing_zyx_mm=(2.0, 1.6, 1.6),
-                               n_nodules=2, nodule_types=["solid"], diameter_range_mm=(12.0, 16.0),
-                               courses=["growing", "stable"], vdt_days=250.0, n_new=0)
-        write_followup(fu, tmp_path / "patient")
+        fu = growing_and_stable(tmp_path / "patient")
         prior, current = (fu.timepoints[i].phantom for i in (0, 1))
         _push_to_pacs(source, sorted((tmp_path / "patient" / "t0" / "series").glob("*.dcm")))
         source.stop()
