@@ -105,7 +105,8 @@ def test_prior_is_found_fetched_kept_apart_and_not_analysed(pacs, node_factory, 
     prior_uid = str(pydicom.dcmread(prior[0]).StudyInstanceUID)
     sr = pydicom.dcmread(sr_path)
 
-    node = node_factory(node={"port": port}, **_priors(_source(server)))
+    # the prior's series passes the analysis's series gate (the 6-slice older one would not)
+    node = node_factory(node={"port": port}, analysis={"min_slices": 8}, **_priors(_source(server)))
     current = make_series(tmp_path / "current", slices=12, seed=3, patient_id=PATIENT, study_date="20260105")
     assert storescu(node.port, current).returncode == 0
     result = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))
@@ -194,7 +195,7 @@ def test_prior_fetched_with_c_move_to_the_listener(pacs, node_factory, tmp_path:
     prior = make_series(tmp_path / "prior", slices=10, patient_id=PATIENT, study_date="20250102")
     _push_to_pacs(server, prior)
     prior_uid = str(pydicom.dcmread(prior[0]).StudyInstanceUID)
-    node = node_factory(node={"port": port}, **_priors(_source(server, retrieve="move")))
+    node = node_factory(node={"port": port}, analysis={"min_slices": 8}, **_priors(_source(server, retrieve="move")))
     current = make_series(tmp_path / "current", slices=8, seed=3, patient_id=PATIENT, study_date="20260105")
     assert storescu(node.port, current).returncode == 0
     found = _job_result(node, str(pydicom.dcmread(current[0]).StudyInstanceUID))["prior"]
