@@ -22,6 +22,8 @@ from pacs_node.receive.processes import ReceiverProcesses
 from pacs_node.receive.server import AssociationSlots, open_listener
 from pacs_node.receive.service import build_receiver
 from pacs_node.receive.spool import Spool
+from pacs_node.storage import BlobStore, open_store, remove_fetched
+from pacs_node.storage.sweep import ObjectRetention
 from pacs_node.schedule import build_scheduler
 from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import JobRunner, Worker
@@ -54,14 +56,14 @@ def _console(node: Node) -> ConsoleServer | None:
     return ConsoleServer(create_app(view), node.settings.console)
 
 
-def _job_runner(settings: Settings) -> JobRunner:
+def _job_runner(settings: Settings, store: BlobStore) -> JobRunner:
     """The analysis pipeline with the configured model, or the pass-through when analysis is off."""
     if not settings.analysis.enabled:
         return record_series_for_analysis
     from pacs_node.analyze.pipeline import Analysis
     from pacs_node.ml.detector import Detector
 
-    return Analysis(settings, Detector.load(settings.analysis.model_dir))
+    return Analysis(settings, Detector.load(settings.analysis.model_dir), store)
 
 
 class Node:
@@ -82,23 +84,31 @@ class Node:
                         "the extra receiver processes' counts are left out of /metrics")
         node = settings.node
         analysing = node.has("analyse") and settings.worker.enabled
-        runner = (runner or _job_runner(settings)) if analysing else None
+        #: The blob store the stages of this process share (built here, handed down).
+        self.store = open_store(settings)
+        runner = (runner or _job_runner(settings, self.store)) if analysing else None
         #: The analysis model is in memory, or this process needs none (analysis off, or not its role).
         self.model_loaded = runner is None or not settings.analysis.enabled or getattr(runner, "detector", None) is not None
         if runner is not None and settings.priors.enabled:
             from pacs_node.priors.job import WithPriors
 
-            runner = WithPriors(runner, settings)
+            runner = WithPriors(runner, settings, store=self.store)
         self.engine = make_engine(settings.storage.database_url)
         upgrade(self.engine)
         removed = Spool(settings.storage.spool_dir, node_name=settings.node.name).clean_incoming()
+        remove_fetched(settings)
         if removed:
             log.warning("event=partial_files_removed count=%d reason=unacknowledged at last stop", removed)
         storage = settings.storage
         self.guard = DiskGuard(storage.spool_dir, storage.min_free_mb, storage.warn_free_mb)
         # the spool's housekeeping belongs to the process that receives into it
-        self.retention = (Retention(self.engine, storage.spool_dir, node.name, settings.retention)
-                          if settings.retention.enabled and node.has("receive") else None)
+        self.retention: Retention | ObjectRetention | None
+        if storage.backend == "s3" and node.has("receive"):  # the orphan sweep runs with retention off too
+            assert storage.s3 is not None
+            self.retention = ObjectRetention(self.engine, self.store, settings.retention, storage.s3.orphan_age_s)
+        else:
+            self.retention = (Retention(self.engine, storage.spool_dir, node.name, settings.retention)
+                              if settings.retention.enabled and node.has("receive") else None)
         if self.retention is not None:
             purged = self.retention.recover()
             if self.metrics is not None:
@@ -127,7 +137,7 @@ class Node:
             if runner is not None
             else None
         )
-        self.dispatcher = Dispatcher(self.engine, settings, self.metrics) if sending else None
+        self.dispatcher = Dispatcher(self.engine, settings, self.metrics, store=self.store) if sending else None
         self.scheduler = build_scheduler(settings, self.engine, self.worker, self.dispatcher,
                                          guard=self.guard, retention=self.retention, metrics=self.metrics)
         self.probe = DatabaseProbe(self.engine)
@@ -135,7 +145,8 @@ class Node:
             self.metrics.registry.register(
                 ScrapeCollector(self.probe, self.guard, [d.name for d in settings.destinations]))
         self.health = NodeHealth(self.probe, storage.spool_dir, self.guard,
-                                 self.receiver.server.accepting if self.receiver else None, lambda: self.model_loaded)
+                                 self.receiver.server.accepting if self.receiver else None, lambda: self.model_loaded,
+                                 store=self.store)
         self.scheduler.add_job(self.health.heartbeat, "interval", seconds=1, id="heartbeat")
         if self.extra_receivers is not None:
             self.scheduler.add_job(self.extra_receivers.supervise, "interval", seconds=5, id="receiver-supervision")
@@ -185,6 +196,7 @@ class Node:
         if self.events is not None:
             logging.getLogger().removeHandler(self.events)
         self.probe.close()
+        self.store.close()
         self.engine.dispose()
         self.stopped.set()
         log.info("event=node_stopped")

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from pacs_node.config import Settings
 from pacs_node.db import queue
 from pacs_node.housekeeping import DiskGuard, Retention
+from pacs_node.storage.sweep import ObjectRetention
 from pacs_node.send.dispatcher import Dispatcher
 from pacs_node.worker import Worker
 
@@ -83,7 +84,7 @@ def _recover(engine: Engine) -> None:
 
 def build_scheduler(
     settings: Settings, engine: Engine, worker: Worker | None, dispatcher: Dispatcher | None = None,
-    guard: DiskGuard | None = None, retention: Retention | None = None, metrics: NodeMetrics | None = None,
+    guard: DiskGuard | None = None, retention: Retention | ObjectRetention | None = None, metrics: NodeMetrics | None = None,
 ) -> BackgroundScheduler:
     """A scheduler with the completion sweep, the prior rechecks (``[priors] recheck_minutes``),
     and the worker's dispatch, the sender, the free-space check and the retention sweep when

@@ -48,8 +48,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     pip_quietly install --upgrade pip
     # The CPU build of torch; a looser pin would pull a multi-GB CUDA build.
     pip_quietly install torch==2.13.0
-    pip_quietly install -e ".[test,postgres]"
-    "$VENV/bin/python" -c "import torch, pynetdicom, highdicom, pacs_node" 
+    pip_quietly install -e ".[test,postgres,s3]"
+    "$VENV/bin/python" -c "import torch, pynetdicom, highdicom, boto3, moto, pacs_node" 
     touch "$stamp"
 fi
 

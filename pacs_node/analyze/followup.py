@@ -21,7 +21,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import highdicom as hd
 from pydicom import Dataset, dcmread
@@ -36,6 +35,7 @@ from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
 from pacs_node.report.keyimage_compare import PriorView
 from pacs_node.report.prior import PriorStatement
 from pacs_node.report.read import read_findings
+from pacs_node.storage import BlobStore, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,17 @@ def _acquisition(ds: Dataset) -> Acquisition:
     return Acquisition(float(thickness) if thickness not in (None, "") else None, str(kernel) if kernel else None)
 
 
-def _prior_datasets(engine: Engine, spool_root: Path, series_uid: str) -> list[Dataset]:
+def _prior_datasets(engine: Engine, store: BlobStore, series_uid: str) -> list[Dataset]:
     with engine.connect() as connection:
         paths = connection.scalars(
             select(Instance.path).join(Series, Series.id == Instance.series_pk)
             .where(Series.series_uid == series_uid, Instance.purged_at.is_(None))
         ).all()
-    return [dcmread(spool_root / path) for path in paths]
+    with store.fetched(paths) as local:
+        return [dcmread(local[path]) for path in paths if path in local]
 
 
-def _our_findings(engine: Engine, spool_root: Path, sr_uid: str) -> list[Finding] | None:
+def _our_findings(engine: Engine, store: BlobStore, sr_uid: str) -> list[Finding] | None:
     """The findings of our own earlier SR of the prior study (with their tracking UIDs), if its
     file is in the spool and readable; ``None`` otherwise."""
     with engine.connect() as connection:
@@ -103,7 +104,7 @@ def _our_findings(engine: Engine, spool_root: Path, sr_uid: str) -> list[Finding
     if path is None:
         return None
     try:
-        nodules = read_findings(dcmread(spool_root / path))
+        nodules = read_findings(read_dataset(store, path))
         return [Finding(tuple(n["center_lps_mm"]), n["long_axis_mm"], n["short_axis_mm"], n["volume_mm3"] or 0.0,
                         NoduleType(n["nodule_type"]), n["score"] if n["score"] is not None else 1.0,
                         mean_hu=n["mean_hu"] or 0.0, solid_core_mm=n["solid_core_mm"], spiculated=n["spiculated"],
@@ -130,7 +131,7 @@ def _view(prior: Sequence[Dataset], finding: Finding | None, study_date: str) ->
         return None
 
 
-def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: LookupRow,
+def compare_with_prior(engine: Engine, store: BlobStore, detector: object, row: LookupRow,
                        current: Sequence[Dataset], current_volume: hd.Volume, findings: list[Finding]) -> FollowUp:
     """``findings`` of the current CT compared with the prior the lookup ``row`` found.
 
@@ -147,9 +148,9 @@ def compare_with_prior(engine: Engine, spool_root: Path, detector: object, row: 
     if interval is None or interval < 0:
         why = "the study dates do not give the interval"
         return FollowUp(findings, prior_statement(row, reason=why), {"error": why})
-    ours = _our_findings(engine, spool_root, row.our_sr_uid) if row.our_sr_uid else None
+    ours = _our_findings(engine, store, row.our_sr_uid) if row.our_sr_uid else None
     try:
-        prior = _prior_datasets(engine, spool_root, row.series_uid)
+        prior = _prior_datasets(engine, store, row.series_uid)
         prior_volume = volume_from_datasets(prior)
         prior_findings = ours if ours is not None else detector.detect(prior_volume)  # type: ignore[attr-defined]
         registration = register(prior_volume, current_volume)

@@ -1,6 +1,6 @@
 """One analysis job: choose the series, build the volume, detect, write the reports.
 
-The job writes its SR and key images into the spool once, with UIDs made here; the
+The job writes its SR and key images into the blob store once, with UIDs made here; the
 worker then commits the job, these objects and their deliveries in one transaction,
 so every later send or resend carries the very same objects.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,7 +39,7 @@ from pacs_node.db.models import Instance, ObjectKind, Series, Study
 from pacs_node.db.queue import ClaimedJob
 from pacs_node.imaging.findings import Finding, study_category
 from pacs_node.imaging.volume import NotAnalysable, volume_from_datasets
-from pacs_node.receive.spool import Spool
+from pacs_node.storage import BlobStore, open_store, report_key
 from pacs_node.report.gsps import build_gsps
 from pacs_node.report.identity import ObjectIdentity, SeriesIdentity
 from pacs_node.report.keyimage_compare import PriorView
@@ -78,7 +79,9 @@ class _Series:
     headers: list[tuple[Path, Dataset]]
 
 
-def _study_series(engine: Engine, spool_root: Path, study_pk: int) -> tuple[str, list[_Series]]:
+def _study_series(engine: Engine, store: BlobStore, study_pk: int, stack: ExitStack) -> tuple[str, list[_Series]]:
+    """The study's UID and its series' headers, read from local copies of its objects (fetched
+    in parallel from an object store) that last as long as ``stack``."""
     with engine.connect() as connection:
         study_uid = connection.scalar(select(Study.study_uid).where(Study.id == study_pk))
         rows = connection.execute(
@@ -87,12 +90,13 @@ def _study_series(engine: Engine, spool_root: Path, study_pk: int) -> tuple[str,
             .where(Series.study_pk == study_pk, Instance.purged_at.is_(None))  # files retention kept
             .order_by(Series.id, Instance.id)
         ).all()
+    local = stack.enter_context(store.fetched([key for _, key in rows]))
     grouped: dict[str, list[tuple[Path, Dataset]]] = {}
-    for series_uid, relative in rows:
-        path = spool_root / relative
+    for series_uid, key in rows:
         try:
+            path = local[key]
             header = dcmread(path, stop_before_pixels=True)
-        except (OSError, InvalidDicomError, ValueError) as exc:
+        except (KeyError, OSError, InvalidDicomError, ValueError) as exc:
             log.warning("event=instance_unreadable study=%d error=%s", study_pk, type(exc).__name__)
             continue
         grouped.setdefault(series_uid, []).append((path, header))
@@ -102,10 +106,11 @@ def _study_series(engine: Engine, spool_root: Path, study_pk: int) -> tuple[str,
 class Analysis:
     """The job runner of an analysing node."""
 
-    def __init__(self, settings: Settings, detector: NoduleDetector) -> None:
+    def __init__(self, settings: Settings, detector: NoduleDetector, store: BlobStore | None = None) -> None:
         self.settings = settings
         self.detector = detector
-        self.spool_root = Path(settings.storage.spool_dir)
+        #: Where the study's objects are read and the reports written.
+        self.store = store if store is not None else open_store(settings)
         self.algorithm = AlgorithmInfo(detector.name, detector.version, synthetic_data=detector.synthetic_data)
         self.device = DeviceInfo(MANUFACTURER, "pacs-node", __version__, settings.node.name)
         #: Objects beyond the SR and key images that some destination receives.
@@ -121,9 +126,14 @@ class Analysis:
         with it where possible (:mod:`pacs_node.analyze.followup`), and the report says so.
         ``revision``: our earlier reports of the study, which these replace (a re-report:
         :mod:`pacs_node.analyze.revision`)."""
+        with ExitStack() as stack:  # the study's local copies last until the job is done
+            return self._run(engine, job, prior, revision, stack)
+
+    def _run(self, engine: Engine, job: ClaimedJob, prior: PriorProvider | None, revision: Revision | None,
+             stack: ExitStack) -> JobOutcome:
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        study_uid, series = _study_series(engine, self.spool_root, job.study_pk)
+        study_uid, series = _study_series(engine, self.store, job.study_pk, stack)
         analysis = self.settings.analysis
         chosen, rejected = choose_series(
             {s.uid: s.headers for s in series},
@@ -132,25 +142,22 @@ class Analysis:
             max_slice_spacing_mm=analysis.max_slice_spacing_mm,
         )
         timings["select_s"] = time.perf_counter() - started
-        spool = Spool(self.spool_root, node_name=self.settings.node.name)
-        try:
-            if not chosen:
-                reason = "; ".join(
-                    f"series {r.description or '#' + r.series_uid[-6:]}: {r.reason}" for r in rejected
-                ) or "no images"
-                return self._not_analysable(spool, study_uid, series, reason, timings)
-            objects: list[ObjectRow] = []
-            summaries = []
-            for choice in chosen:
-                compare = None if prior is None else (
-                    lambda datasets, volume, found: compare_with_prior(engine, self.spool_root, self.detector, prior(),
-                                                                       datasets, volume, found))
-                earlier = revision.of(choice.series_uid) if revision is not None else None
-                produced, summary = self._analyse(spool, study_uid, choice, timings, compare, earlier)
-                objects.extend(produced)
-                summaries.append(summary)
-        finally:
-            spool.close()
+        store = self.store
+        if not chosen:
+            reason = "; ".join(
+                f"series {r.description or '#' + r.series_uid[-6:]}: {r.reason}" for r in rejected
+            ) or "no images"
+            return self._not_analysable(store, study_uid, series, reason, timings)
+        objects: list[ObjectRow] = []
+        summaries = []
+        for choice in chosen:
+            compare = None if prior is None else (
+                lambda datasets, volume, found: compare_with_prior(engine, self.store, self.detector, prior(),
+                                                                   datasets, volume, found))
+            earlier = revision.of(choice.series_uid) if revision is not None else None
+            produced, summary = self._analyse(store, study_uid, choice, timings, compare, earlier)
+            objects.extend(produced)
+            summaries.append(summary)
         if not any(s["outcome"] == "analysed" for s in summaries):  # e.g. no pixel data: the SRs say not analysable
             reason = "; ".join(s["outcome"].removeprefix("not analysable: ") for s in summaries)
             log.info("event=study_not_analysable reason=%r", reason)
@@ -173,7 +180,7 @@ class Analysis:
         )
 
     def _analyse(
-        self, spool: Spool, study_uid: str, choice: SeriesChoice, timings: dict[str, float],
+        self, store: BlobStore, study_uid: str, choice: SeriesChoice, timings: dict[str, float],
         compare: Callable[[list[Dataset], hd.Volume, list[Finding]], FollowUp] | None = None,
         earlier: EarlierReport | None = None,
     ) -> tuple[list[ObjectRow], dict]:
@@ -183,7 +190,7 @@ class Analysis:
             volume = volume_from_datasets(datasets)
         except NotAnalysable as exc:
             timings["load_s"] = time.perf_counter() - t0
-            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)),
+            objects = self._write(store, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)),
                                   earlier=earlier)
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
@@ -191,7 +198,7 @@ class Analysis:
         try:
             findings = self.detector.detect(volume)
         except NotAnalysable as exc:  # e.g. no lungs in the volume
-            objects = self._write(spool, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)),
+            objects = self._write(store, study_uid, datasets, [], ReportOutcome.not_analysable(str(exc)),
                                   earlier=earlier)
             return objects, {"series_uid": choice.series_uid, "outcome": f"not analysable: {exc}",
                              "findings": 0, "lung_rads": "1"}
@@ -204,7 +211,7 @@ class Analysis:
         if earlier is not None:  # a re-report: the same nodules keep their Tracking UIDs
             findings, kept = earlier.keep_tracking(findings)
         t2b = time.perf_counter()
-        objects = self._write(spool, study_uid, datasets, findings, ReportOutcome.analysed(),
+        objects = self._write(store, study_uid, datasets, findings, ReportOutcome.analysed(),
                               follow.statement if follow is not None else None,
                               follow.views if follow is not None else (), earlier)
         t3 = time.perf_counter()
@@ -223,7 +230,7 @@ class Analysis:
         return objects, summary
 
     def _not_analysable(
-        self, spool: Spool, study_uid: str, series: Sequence[_Series], reason: str, timings: dict[str, float]
+        self, store: BlobStore, study_uid: str, series: Sequence[_Series], reason: str, timings: dict[str, float]
     ) -> JobOutcome:
         result = {"step": "analysis", "analysis_performed": False, "outcome": "not analysable", "reason": reason,
                   "timings_s": {k: round(v, 3) for k, v in timings.items()}}
@@ -231,10 +238,10 @@ class Analysis:
         images = [header for s in series for _, header in s.headers if "Rows" in header]
         if not self.settings.analysis.report_not_analysable or not images:
             return JobOutcome(result)  # nothing to report on, or reporting it is switched off
-        return JobOutcome(result, self._write(spool, study_uid, images[:1], [], ReportOutcome.not_analysable(reason)))
+        return JobOutcome(result, self._write(store, study_uid, images[:1], [], ReportOutcome.not_analysable(reason)))
 
     def _write(
-        self, spool: Spool, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome,
+        self, store: BlobStore, study_uid: str, source: list[Dataset], findings: list[Finding], outcome: ReportOutcome,
         prior: PriorStatement | None = None, prior_views: Sequence[PriorView | None] = (),
         earlier: EarlierReport | None = None,
     ) -> list[ObjectRow]:
@@ -254,8 +261,9 @@ class Analysis:
             produced.extend(self._finding_objects(source, findings, images))
         written: list[ObjectRow] = []
         for kind, ds in produced:
-            stored = spool.write_dataset(ds, spool.report_path(study_uid, ds.SOPInstanceUID))
-            written.append((kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), stored.relative_path))
+            key = report_key(study_uid, ds.SOPInstanceUID)
+            store.write_dataset(ds, key)
+            written.append((kind, str(ds.SOPClassUID), str(ds.SOPInstanceUID), key))
         return written
 
     def _finding_objects(

@@ -15,15 +15,15 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine, func, select
 
 from pacs_node.db.models import Job, JobState, ObjectKind, ReportObject
 from pacs_node.imaging.findings import Finding
 from pacs_node.report.read import read_findings
+from pacs_node.storage import BlobStore, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _earlier_report(sr: Dataset) -> EarlierReport:
     return EarlierReport(reference, nodules)
 
 
-def earlier_reports(engine: Engine, spool_root: Path, study_pk: int) -> Revision | None:
+def earlier_reports(engine: Engine, store: BlobStore, study_pk: int) -> Revision | None:
     """Our SRs of study ``study_pk`` as its newest finished job wrote them; ``None`` when there
     is none whose file is kept and readable."""
     with engine.connect() as connection:
@@ -118,7 +118,7 @@ def earlier_reports(engine: Engine, spool_root: Path, study_pk: int) -> Revision
     reports: dict[str, EarlierReport] = {}
     for relative in paths:
         try:
-            sr = dcmread(spool_root / relative)
+            sr = read_dataset(store, relative)
             series_uid = _reported_series(sr)
             if series_uid is not None:
                 reports[series_uid] = _earlier_report(sr)

@@ -30,7 +30,7 @@ def _format_errors(path: Path, error: ValidationError) -> str:
             shown = item.get("input")
             if isinstance(shown, str):
                 shown = redacted_database_url(shown)  # a URL's password is never echoed
-            secret = str(item["loc"][-1]) in ("token", "password") if item["loc"] else False
+            secret = str(item["loc"][-1]) in ("token", "password", "access_key_id", "secret_access_key") if item["loc"] else False
             value = "" if isinstance(shown, dict) or secret else f" (got {shown!r})"
             lines.append(f"  {key}: {item['msg']}{value}")
     return "\n".join(lines)

@@ -122,8 +122,44 @@ class NodeConfig(Section):
         return role in self.roles
 
 
+class S3Storage(Section):
+    """An S3-compatible bucket as the blob store (``[storage.s3]``).
+
+    Credentials not given here come from boto3's usual chain (``AWS_ACCESS_KEY_ID`` and
+    ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, instance roles); shown as ``***``.
+    """
+
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    #: None: AWS itself; else e.g. "https://minio.example.org:9000".
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+(/.*)?$")
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    #: Verify the server's TLS certificate; a CA bundle path may be given instead of true.
+    verify_tls: bool | Path = True
+    #: Keys begin with this (e.g. "node-a/"); empty: the bucket's root.
+    prefix: str = Field(default="", pattern=r"^([A-Za-z0-9._-]+/)*$")
+    #: Seconds for a connection and for a read; a store that does not answer fails the C-STORE (A700).
+    timeout_s: float = Field(default=10.0, gt=0)
+    #: Objects fetched at once when a worker reads a series.
+    parallel_reads: int = Field(default=8, ge=1, le=64)
+    #: An object with no row is deleted once it is this old (its PUT's row never committed).
+    orphan_age_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _both_keys(self) -> S3Storage:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError("give both access_key_id and secret_access_key, or neither (the AWS credential chain)")
+        return self
+
+
 class StorageConfig(Section):
     """Where received instances and rows are kept."""
+
+    #: "local": files in spool_dir (one machine); "s3": objects in [storage.s3]; spool_dir then
+    #: holds only files being received and objects fetched for a job.
+    backend: Literal["local", "s3"] = "local"
+    s3: S3Storage | None = None
 
     spool_dir: Path = Path("../var/spool")
     database_url: str = "sqlite:///../var/pacs-node.db"
@@ -140,6 +176,12 @@ class StorageConfig(Section):
         if not value.startswith(("sqlite:", "postgresql:", "postgresql+")):
             raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
         return value
+
+    @model_validator(mode="after")
+    def _backend_configured(self) -> StorageConfig:
+        if self.backend == "s3" and self.s3 is None:
+            raise ValueError('backend = "s3" needs a [storage.s3] table with at least bucket')
+        return self
 
 
 class CompletionConfig(Section):

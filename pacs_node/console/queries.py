@@ -228,6 +228,9 @@ def effective_config(view: NodeView) -> dict:
     """The running configuration with secrets replaced: the database password, destination credentials."""
     effective = view.settings.model_dump(mode="json")
     effective["storage"]["database_url"] = redacted_database_url(view.settings.storage.database_url)
+    s3 = effective["storage"].get("s3")
+    if isinstance(s3, dict):
+        s3.update({k: "***" for k in ("access_key_id", "secret_access_key") if s3.get(k) is not None})
     for destination in effective.get("destinations", []):
         auth = destination.get("auth")
         if isinstance(auth, dict):

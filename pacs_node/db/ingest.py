@@ -163,6 +163,22 @@ class InstanceRecorder:
             self._drop_connection()
             raise
 
+    def repoint(self, instance: ReceivedInstance) -> None:
+        """Have the live row of ``instance`` name its new object (its earlier one is gone)."""
+        table = Instance.__table__
+        connection = self._connection()
+        try:
+            with connection.begin():
+                connection.execute(
+                    update(table)
+                    .where(table.c.sop_instance_uid == instance.sop_instance_uid, table.c.purged_at.is_(None))
+                    .values(path=instance.relative_path, size_bytes=instance.size_bytes,
+                            transfer_syntax_uid=instance.transfer_syntax_uid, calling_ae=instance.calling_ae,
+                            received_at=utcnow()))
+        except DBAPIError:
+            self._drop_connection()
+            raise
+
     def _connection(self) -> Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None or connection.closed or connection.invalidated:

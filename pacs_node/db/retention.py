@@ -134,14 +134,35 @@ def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
         yield values[start : start + _CHUNK]
 
 
+def _sop_of(path: str) -> str:
+    """The SOP Instance UID in a spool path (``.../<sop>.dcm``) or an object key
+    (``studies/<study>/<series>/<sop>/<random>.dcm``)."""
+    parts = path.split("/")
+    if parts[0] == "studies" and len(parts) == 5:
+        return parts[3]
+    return parts[-1].removesuffix(".dcm")
+
+
+def purged_keys(engine: Engine, study_pk: int) -> list[str]:
+    """The keys of a study's purged instances and report objects (what retention deletes)."""
+    with engine.connect() as connection:
+        instances = connection.scalars(
+            select(Instance.path).join(Series, Instance.series_pk == Series.id)
+            .where(Series.study_pk == study_pk, Instance.purged_at.is_not(None))).all()
+        reports = connection.scalars(
+            select(ReportObject.path).join(Job, ReportObject.job_pk == Job.id)
+            .where(Job.study_pk == study_pk, ReportObject.purged_at.is_not(None))).all()
+    return [*instances, *reports]
+
+
 def live_paths(engine: Engine, paths: Sequence[str]) -> set[str]:
     """Of spool-relative ``paths``, those an instance or report row still claims (not purged).
 
     A file of a study being purged is kept when its row is live: an instance stored
     again by a scanner while retention was deleting the study's folder.
     """
-    # Looked up by SOP Instance UID (the file name; unique and indexed), then matched by path.
-    uids = sorted({path.rsplit("/", 1)[-1].removesuffix(".dcm") for path in paths})
+    # Looked up by SOP Instance UID (unique and indexed), then matched by path.
+    uids = sorted({_sop_of(path) for path in paths})
     claimed: set[str] = set()
     with engine.connect() as connection:
         for chunk in _chunks(uids):

@@ -18,6 +18,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from pacs_node.housekeeping import DiskGuard
+from pacs_node.storage.base import BlobStore, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -93,6 +94,14 @@ def spool_writable(root: Path) -> Problem:
     return None
 
 
+def _store_problem(store: BlobStore) -> Problem:
+    try:
+        store.check()
+    except StoreUnavailable as exc:
+        return str(exc)
+    return None
+
+
 class NodeHealth:
     """The checks of one node process.
 
@@ -105,8 +114,11 @@ class NodeHealth:
     HEARTBEAT_MAX_AGE_S = 30.0
 
     def __init__(self, probe: DatabaseProbe, spool_root: Path, guard: DiskGuard,
-                 listener_up: Callable[[], bool] | None, model_loaded: Callable[[], bool]) -> None:
+                 listener_up: Callable[[], bool] | None, model_loaded: Callable[[], bool],
+                 store: BlobStore | None = None) -> None:
         self.probe = probe
+        #: An object store whose bucket must answer (``None``, or the local spool: the spool checks suffice).
+        self.store = store if store is not None and store.kind != "local" else None
         self.spool_root = Path(spool_root)
         self.guard = guard
         self.listener_up = listener_up
@@ -124,13 +136,16 @@ class NodeHealth:
                 f"below storage.min_free_mb = {self.guard.min_free_bytes // (1024 * 1024)}")
 
     def readiness(self) -> dict[str, Problem]:
-        """Every readiness check by name: database, spool_writable, spool_free_space, listener
-        (only in a process that receives: ``listener_up`` is ``None`` otherwise), model."""
+        """Every readiness check by name: database, spool_writable, spool_free_space, object_store
+        (with an object store), listener (only in a process that receives: ``listener_up`` is
+        ``None`` otherwise), model."""
         checks = {
             "database": self.probe.check(),
             "spool_writable": spool_writable(self.spool_root),
             "spool_free_space": self._free_space(),
         }
+        if self.store is not None:
+            checks["object_store"] = _store_problem(self.store)
         if self.listener_up is not None:
             checks["listener"] = None if self.listener_up() else "the DICOM listener does not accept associations"
         checks["model"] = None if self.model_loaded() else "the analysis model is not loaded"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import cast
 
 from sqlalchemy import Engine
@@ -20,6 +19,7 @@ from pacs_node.db.queue import ClaimedJob
 from pacs_node.priors.association import Cancel
 from pacs_node.priors.lookup import PriorFinder, prior_json
 from pacs_node.priors.recheck import RecheckPolicy
+from pacs_node.storage import BlobStore, open_store
 from pacs_node.worker import JobOutcome, JobRunner
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,13 @@ class WithPriors:
     versions (:mod:`pacs_node.analyze.revision`).
     """
 
-    def __init__(self, runner: JobRunner, settings: Settings, finder: PriorFinder | None = None) -> None:
+    def __init__(self, runner: JobRunner, settings: Settings, finder: PriorFinder | None = None,
+                 store: BlobStore | None = None) -> None:
         self.runner = runner
-        self.finder = finder or PriorFinder(settings)
+        #: Where our earlier reports are read (the analysing runner's store, when it has one).
+        self.store = store or getattr(runner, "store", None) or open_store(settings)
+        self.finder = finder or PriorFinder(settings, self.store)
         self.max_wait_s = settings.priors.max_wait_s
-        self.spool_root = Path(settings.storage.spool_dir)
         # only reports can be re-reported: rechecks are planned by an analysing runner
         self.recheck = RecheckPolicy.from_config(settings.priors) if isinstance(runner, Analysis) else None
 
@@ -130,7 +132,7 @@ class WithPriors:
             return None, "analysis is off on this node"
         if study_dates(engine, job.study_pk).purged_at is not None:
             return None, "the study's images were purged"
-        revision = earlier_reports(engine, self.spool_root, job.study_pk)
+        revision = earlier_reports(engine, self.store, job.study_pk)
         return (revision, "") if revision is not None else (None, "our earlier report of the study is gone")
 
     def _record(self, engine: Engine, job: ClaimedJob, row: LookupRow, outcome: JobOutcome,

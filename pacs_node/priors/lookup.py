@@ -13,7 +13,6 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import Engine, select
 
@@ -25,14 +24,15 @@ from pacs_node.priors.association import Cancel, SourceUnavailable
 from pacs_node.priors.query import CurrentStudy, PriorStudy, SeriesGate, find_prior
 from pacs_node.priors.retrieve import retrieve
 from pacs_node.receive.spool import Spool
-from pacs_node.receive.store import SpoolingSink
+from pacs_node.receive.service import build_sink
+from pacs_node.storage import BlobStore, open_store, read_dataset
 
 log = logging.getLogger(__name__)
 
 _HEADER = ["StudyInstanceUID", "PatientID", "IssuerOfPatientID", "StudyDate", "StudyTime"]
 
 
-def current_study(engine: Engine, spool_root: Path, study_pk: int) -> CurrentStudy | None:
+def current_study(engine: Engine, store: BlobStore, study_pk: int) -> CurrentStudy | None:
     """The identifying attributes of a study, from the header of one of its kept instances."""
     with engine.connect() as connection:
         study_uid = connection.scalar(select(Study.study_uid).where(Study.id == study_pk))
@@ -42,7 +42,7 @@ def current_study(engine: Engine, spool_root: Path, study_pk: int) -> CurrentStu
         ).all()
     for relative in paths:
         try:
-            ds = dcmread(spool_root / relative, stop_before_pixels=True, specific_tags=_HEADER)
+            ds = read_dataset(store, relative, stop_before_pixels=True, specific_tags=_HEADER)
         except (OSError, InvalidDicomError, ValueError):
             continue
         text = {keyword: str(ds.get(keyword) or "").strip() for keyword in _HEADER}
@@ -62,8 +62,10 @@ def prior_json(row: LookupRow, recheck_at: dt.datetime | None = None) -> dict:
 class PriorFinder:
     """Looks up and fetches the prior of a study with the ``[priors]`` sources."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: BlobStore | None = None) -> None:
         self.config = settings.priors
+        self.settings = settings
+        self.store = store if store is not None else open_store(settings)
         self.calling_ae = settings.node.ae_title
         self.spool_root = Path(settings.storage.spool_dir)
         self.node_name = settings.node.name
@@ -71,7 +73,7 @@ class PriorFinder:
 
     def lookup(self, engine: Engine, study_pk: int, cancel: Cancel) -> LookupRow:
         """What the sources hold as the prior of study ``study_pk``, fetched into the spool."""
-        current = current_study(engine, self.spool_root, study_pk)
+        current = current_study(engine, self.store, study_pk)
         if current is None or not current.patient_id:
             return LookupRow(PriorStatus.NONE, reason="the study has no PatientID to look up priors by")
         reasons = []
@@ -103,7 +105,7 @@ class PriorFinder:
         series = [prior.ct.series_uid, *([prior.our_sr.series_uid] if prior.our_sr else [])]
         begin_retrieval(engine, prior.study_uid, source.name, source.retrieve)
         spool = Spool(self.spool_root, node_name=self.node_name)
-        sink = SpoolingSink(spool, InstanceRecorder(engine), max_parallel=2)
+        sink = build_sink(self.settings, spool, self.store, InstanceRecorder(engine), max_parallel=2)
         try:
             count = retrieve(source, prior.study_uid, series, sink, self.config, self.calling_ae, cancel)
         except SourceUnavailable as exc:

@@ -31,6 +31,7 @@ from pacs_node.priors.association import Cancel, SourceUnavailable, associate, c
 from pacs_node.receive.dimse import Command, Request, Status
 from pacs_node.receive.part10 import file_meta
 from pacs_node.receive.spool import SpoolFull
+from pacs_node.receive.object_sink import ObjectStoreSink
 from pacs_node.receive.store import InvalidInstance, SpoolingSink, read_header
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ STORAGE_CLASSES = [CTImageStorage, EnhancedCTImageStorage, Comprehensive3DSRStor
 class _GetStore:
     """The C-STORE handler of a C-GET association: only instances of the asked-for study are kept."""
 
-    def __init__(self, sink: SpoolingSink, study_uid: str, source_ae: str) -> None:
+    def __init__(self, sink: SpoolingSink | ObjectStoreSink, study_uid: str, source_ae: str) -> None:
         self.sink, self.study_uid, self.source_ae = sink, study_uid, source_ae
         self.stored = 0
 
@@ -95,7 +96,7 @@ def _final(responses, cancel: Cancel, what: str) -> Dataset:  # noqa: ANN001 - p
     return last
 
 
-def retrieve(source: PriorSource, study_uid: str, series_uids: Sequence[str], sink: SpoolingSink,
+def retrieve(source: PriorSource, study_uid: str, series_uids: Sequence[str], sink: SpoolingSink | ObjectStoreSink,
              config: PriorsConfig, calling_ae: str, cancel: Cancel) -> int:
     """Fetch ``series_uids`` of a study from ``source``; returns how many instances were stored
     (C-GET) or reported completed by the source (C-MOVE).

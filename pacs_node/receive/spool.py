@@ -120,6 +120,13 @@ class PartialFile:
             self._fd = None
         return self._size
 
+    def close(self) -> int:
+        """Close the file without fsync (its bytes go elsewhere to be durable); returns its size."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        return self._size
+
     def discard(self) -> None:
         """Close and delete the partial file (nothing was acknowledged)."""
         if self._fd is not None:

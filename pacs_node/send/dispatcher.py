@@ -7,7 +7,6 @@ so a dispatcher can stop at any moment and another one carries on.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
@@ -20,6 +19,7 @@ from pacs_node.send.dicomweb import dicomweb_answers
 from pacs_node.send.echo import EchoError, c_echo
 from pacs_node.send.scu import SendOutcome, send_files
 from pacs_node.send.stow import send_stow
+from pacs_node.storage import BlobStore, open_store
 
 if TYPE_CHECKING:
     from pacs_node.monitoring.metrics import NodeMetrics
@@ -30,11 +30,13 @@ log = logging.getLogger(__name__)
 class Dispatcher:
     """Delivers report objects to the configured destinations."""
 
-    def __init__(self, engine: Engine, settings: Settings, metrics: NodeMetrics | None = None) -> None:
+    def __init__(self, engine: Engine, settings: Settings, metrics: NodeMetrics | None = None,
+                 store: BlobStore | None = None) -> None:
         self.engine = engine
+        #: Where the report objects are read (fetched for the send from an object store).
+        self.store = store if store is not None else open_store(settings)
         self.metrics = metrics
         self.settings = settings
-        self.spool_root = Path(settings.storage.spool_dir)
         self.worker = settings.node.name
         self.destinations = {d.name: d for d in settings.destinations}
         #: A send whose outcome the database could not take yet; recorded before the next claim,
@@ -85,16 +87,20 @@ class Dispatcher:
         objects = deliveries.objects_of(self.engine, claimed.job_pk, claimed.kinds)
         if not objects:
             return SendOutcome(0)  # this destination wants nothing the job produced
-        paths = [self.spool_root / row.path for row in objects]
-        missing = [path.name for path in paths if not path.exists()]
-        if missing:
-            return SendOutcome(0, FailureKind.PERMANENT, f"report files missing from the spool: {', '.join(missing)}")
+        keys = [row.path for row in objects]
         timeout_s = destination.timeout_s or self.settings.sending.timeout_s
         try:
-            if destination.protocol == "dicomweb":
-                return send_stow(destination, paths, timeout_s)
-            return send_files(destination, paths, self.settings.node.ae_title, timeout_s)
-        except (OSError, ValueError, RuntimeError) as exc:
+            with self.store.fetched(keys) as local:
+                missing = [key.rsplit("/", 1)[-1] for key in keys if key not in local]
+                if missing:
+                    where = "spool" if self.store.kind == "local" else f"{self.store.kind} store"
+                    return SendOutcome(0, FailureKind.PERMANENT,
+                                       f"report files missing from the {where}: {', '.join(missing)}")
+                paths = [local[key] for key in keys]
+                if destination.protocol == "dicomweb":
+                    return send_stow(destination, paths, timeout_s)
+                return send_files(destination, paths, self.settings.node.ae_title, timeout_s)
+        except (OSError, ValueError, RuntimeError) as exc:  # StoreUnavailable is an OSError: retried
             return SendOutcome(0, FailureKind.TRANSIENT, f"{type(exc).__name__}: {exc}")
 
     def probe(self) -> None:

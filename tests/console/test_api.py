@@ -130,6 +130,20 @@ def test_config_hides_the_database_password(console: Console) -> None:
         "postgresql://node:***@db/pacs"
 
 
+def test_config_hides_the_object_store_keys(console: Console) -> None:
+    from dataclasses import replace
+
+    from pacs_node.config.sections import S3Storage
+    from pacs_node.console.queries import effective_config
+
+    s3 = S3Storage(bucket="pacs-objects", access_key_id="AKIAEXAMPLE", secret_access_key="wJalrXUtnFEMI")
+    settings = console.view.settings.model_copy(update={"storage": console.view.settings.storage.model_copy(
+        update={"s3": s3})})
+    shown = effective_config(replace(console.view, settings=settings))["storage"]["s3"]
+    assert shown["access_key_id"] == shown["secret_access_key"] == "***"
+    assert shown["bucket"] == "pacs-objects" and shown["verify_tls"] is True
+
+
 @pytest.mark.parametrize("path", ["/api/studies/{study}/resend", "/api/studies/{study}/reanalyse",
                                   "/api/deliveries/{delivery}/retry", "/api/destinations/pacs/pause",
                                   "/api/destinations/pacs/resume", "/api/destinations/pacs/echo"])

@@ -157,7 +157,7 @@ class Instance(Base):
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     instance_number: Mapped[int | None] = mapped_column(Integer, default=None)
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
-    #: Path relative to the spool directory.
+    #: Path relative to the spool directory, or the object's key in an object store (``storage/``).
     path: Mapped[str] = mapped_column(String(300))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
