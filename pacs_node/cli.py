@@ -299,8 +299,12 @@ def train(
     amp: Annotated[str, typer.Option(help="Mixed precision: auto (CUDA: bf16, else fp16; CPU: off), bf16, fp16 or off.")] = "auto",
     workers: Annotated[int, typer.Option(min=1, help="Processes building the patch cache.")] = 2,
     mine: Annotated[bool, typer.Option("--mine-hard-negatives/--no-mine-hard-negatives", help="From the second epoch, draw half of each batch's negatives from the tenth the model scores highest.")] = True,
+    channels: Annotated[int, typer.Option(min=2, max=3, help="Input patches per candidate: 2 (24 mm fine, 48 mm context) or 3 (also 96 mm of 4 mm voxels, for nodules up to 30 mm with their surroundings).")] = 2,
+    init_weights: Annotated[Path | None, typer.Option("--init-weights", help="Start from these weights (a weights.pt of the same architecture; a 2-channel model's fits a 3-channel network, its new kernels at zero).")] = None,
 ) -> None:
     """Train a nodule detector and write its model folder (weights + model card)."""
+    from dataclasses import replace
+
     from pacs_node.ml.cases import PhantomSet
     from pacs_node.ml.mining import MiningParams
     from pacs_node.ml.precision import AMP_MODES
@@ -318,8 +322,14 @@ def train(
         raise typer.Exit(2)
     variation = _variation(wide, without, styles)
     phantom_set = PhantomSet(count=phantoms, seed=phantom_seed, variation=variation) if phantoms else None
+    if init_weights is not None and not init_weights.is_file():
+        typer.echo(f"--init-weights {init_weights}: no such file", err=True)
+        raise typer.Exit(2)
+    base = TrainConfig()
     config = TrainConfig(name=out.name, phantoms=phantom_set, amp=amp, workers=workers,
-                         mining=MiningParams() if mine else None)
+                         mining=MiningParams() if mine else None, init_weights=init_weights,
+                         network=replace(base.network, channels=channels),
+                         samples=replace(base.samples, channels=channels))
     try:
         result = run_training(data, fmt.value, out, epochs=epochs, seed=seed, resume=resume, device=device,
                               config=config, progress=typer.echo)

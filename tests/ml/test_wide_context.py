@@ -105,3 +105,23 @@ def test_a_three_channel_model_trains_from_a_two_channel_one_and_detects(tmp_pat
 def test_the_three_channel_input_is_normalised_like_the_others() -> None:
     x = normalise_hu(np.full((1, 3, 8, 8, 8), -1100.0), (-1100.0, 400.0))
     assert torch.all(x == -1.0)
+
+
+def test_the_train_command_takes_the_wide_channel_and_initial_weights(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from pacs_node.cli import app
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr("pacs_node.ml.train.train", lambda *args, **kw: seen.update(kw) or "ok")
+    weights = tmp_path / "v3.pt"
+    weights.write_bytes(b"")
+    args = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "m"), "--format", "luna16"]
+    result = CliRunner().invoke(app, [*args, "--channels", "3", "--init-weights", str(weights)])
+    assert result.exit_code == 0, result.output
+    config = seen["config"]
+    assert config.network.channels == config.samples.channels == 3  # type: ignore[attr-defined]
+    assert config.init_weights == weights  # type: ignore[attr-defined]
+    missing = CliRunner().invoke(app, [*args, "--init-weights", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
+    assert CliRunner().invoke(app, [*args, "--channels", "4"]).exit_code == 2
