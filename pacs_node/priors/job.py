@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import cast
 
 from sqlalchemy import Engine
 
@@ -88,16 +87,17 @@ class WithPriors:
         self.store = store or getattr(runner, "store", None) or open_store(settings)
         self.finder = finder or PriorFinder(settings, self.store)
         self.max_wait_s = settings.priors.max_wait_s
-        # only reports can be re-reported: rechecks are planned by an analysing runner
-        self.recheck = RecheckPolicy.from_config(settings.priors) if isinstance(runner, Analysis) else None
+        #: The runner when it analyses: it compares with the prior, and only its reports can be re-reported.
+        self.analysis = runner if isinstance(runner, Analysis) else None
+        self.recheck = RecheckPolicy.from_config(settings.priors) if self.analysis is not None else None
 
     def __call__(self, engine: Engine, job: ClaimedJob) -> JobOutcome:
         if job.kind is JobKind.REREPORT:
             return self._rereport(engine, job)
         lookup = _Lookup(self.finder, engine, job, self.max_wait_s)
         try:
-            if isinstance(self.runner, Analysis):  # its report states the prior
-                outcome = self.runner(engine, job, prior=lookup.settle)
+            if self.analysis is not None:  # its report states the prior
+                outcome = self.analysis(engine, job, prior=lookup.settle)
             else:
                 outcome = self.runner(engine, job)
         except BaseException:
@@ -114,12 +114,11 @@ class WithPriors:
             return self._record(engine, job, row, _not_rereported(f"the prior is {row.status.value}: {row.reason}"),
                                 recheck=row.status is PriorStatus.UNAVAILABLE)
         revision, why_not = self._revision(engine, job)
-        if revision is None:
+        if revision is None or self.analysis is None:
             log.warning("event=prior_recheck job=%d study=%d status=found rereported=no reason=%r", job.id,
                         job.study_pk, why_not)
             return self._record(engine, job, row, _not_rereported(why_not), recheck=False)
-        analysis = cast(Analysis, self.runner)  # (a revision is only given to an analysing runner)
-        outcome = analysis(engine, job, prior=lambda: row, revision=revision)
+        outcome = self.analysis(engine, job, prior=lambda: row, revision=revision)
         predecessors = [s["revises"]["sr_uid"] for s in outcome.result.get("series", []) if "revises" in s]
         log.info("event=study_rereported job=%d study=%d revises_job=%d reports=%d", job.id, job.study_pk,
                  revision.job_pk, len(predecessors))
@@ -128,7 +127,7 @@ class WithPriors:
 
     def _revision(self, engine: Engine, job: ClaimedJob) -> tuple[Revision | None, str]:
         """Our earlier reports of the study to replace; or ``None`` and why the study is not re-reported."""
-        if not isinstance(self.runner, Analysis):
+        if self.analysis is None:
             return None, "analysis is off on this node"
         if study_dates(engine, job.study_pk).purged_at is not None:
             return None, "the study's images were purged"
