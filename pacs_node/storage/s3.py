@@ -43,6 +43,20 @@ def _unavailable(exc: Exception, what: str) -> StoreUnavailable:
     return StoreUnavailable(f"object store {what} failed: {reason}")
 
 
+@contextmanager
+def _errors(what: str, key: str) -> Iterator[None]:
+    """A missing object as :class:`FileNotFoundError` (naming ``key``); any other S3 error as
+    :class:`StoreUnavailable` (naming the request ``what``)."""
+    try:
+        yield
+    except ClientError as exc:
+        if _code(exc) in _MISSING:
+            raise FileNotFoundError(key) from exc
+        raise _unavailable(exc, what) from exc
+    except BotoCoreError as exc:
+        raise _unavailable(exc, what) from exc
+
+
 class S3Store:
     """Objects in one bucket under ``config.prefix``; ``fetch_root`` takes files fetched for readers."""
 
@@ -102,34 +116,22 @@ class S3Store:
 
     def size(self, key: str) -> int | None:
         try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return None
-            raise _unavailable(exc, "HEAD") from exc
-        except BotoCoreError as exc:
-            raise _unavailable(exc, "HEAD") from exc
+            with _errors("HEAD", key):
+                return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except FileNotFoundError:
+            return None
 
     def read(self, key: str) -> bytes:
-        try:
+        with _errors("GET", key):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                raise FileNotFoundError(key) from exc
-            raise _unavailable(exc, "GET") from exc
-        except BotoCoreError as exc:
-            raise _unavailable(exc, "GET") from exc
 
     def _download(self, key: str, target: Path) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.client.download_file(self.bucket, self._key(key), str(target))
-        except ClientError as exc:
-            if _code(exc) in _MISSING:
-                return False
-            raise _unavailable(exc, "GET") from exc
-        except BotoCoreError as exc:
-            raise _unavailable(exc, "GET") from exc
+            with _errors("GET", key):
+                self.client.download_file(self.bucket, self._key(key), str(target))
+        except FileNotFoundError:
+            return False
         return True
 
     @contextmanager
