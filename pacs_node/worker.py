@@ -96,8 +96,12 @@ class Worker:
         except Exception as exc:
             renewer.stop()
             log.exception("event=job_failed job=%d study=%d", job.id, job.study_pk)
-            queue.finish_job(self.engine, job, self.node_name, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
-            self._count("failed")
+            if queue.finish_job(self.engine, job, self.node_name, JobState.FAILED,
+                                error=f"{type(exc).__name__}: {exc}"):
+                self._count("failed")
+            else:  # the failure is not recorded: the attempt that holds the job now reports it
+                log.warning("event=job_lost job=%d study=%d reason=lease taken over", job.id, job.study_pk)
+                self._count("lost")
             return job.id
         renewer.stop()
         result = {**outcome.result, "seconds": round(time.monotonic() - started, 3)}

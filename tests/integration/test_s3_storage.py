@@ -5,8 +5,6 @@ No real S3 server is packaged for Debian or PyPI; moto[server] stands in (``test
 
 from __future__ import annotations
 
-import hashlib
-import struct
 import subprocess
 from pathlib import Path
 
@@ -16,8 +14,9 @@ from sqlalchemy import create_engine, select
 
 from pacs_node.db.models import Instance, Job, JobState, ReportObject
 from tests.conftest import DCMTK_ENV, REPO, STORESCU, make_series, storescu, wait_until
-from tests.reliability.support import acknowledged, dataset_bytes
-from tests.storage.s3_server import S3Server, s3_server  # noqa: F401 - a fixture
+from tests.reliability.support import acknowledged
+from tests.storage.s3_server import S3Server, check_rows_against_objects, sha256_of_data_set
+from tests.storage.s3_server import s3_server  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -29,23 +28,6 @@ def _rows(database_url: str, *columns, where=()):  # noqa: ANN001, ANN002, ANN20
             return connection.execute(select(*columns).where(*where)).all()
     finally:
         engine.dispose()
-
-
-def _sha256_of_data_set(data: bytes | Path) -> str:
-    if isinstance(data, Path):
-        return hashlib.sha256(dataset_bytes(data)).hexdigest()
-    (group_length,) = struct.unpack_from("<I", data, 140)  # as dataset_bytes, for bytes from the bucket
-    return hashlib.sha256(data[144 + group_length:]).hexdigest()
-
-
-def _check_rows_against_objects(database_url: str, server: S3Server) -> dict[str, str]:
-    """Every live row names an object; returns SOP Instance UID → SHA-256 of its object's data set."""
-    objects = server.keys("studies/")
-    kept = {}
-    for sop, key in _rows(database_url, Instance.sop_instance_uid, Instance.path, where=[Instance.purged_at.is_(None)]):
-        assert key in objects, f"row of {sop} names {key}, which the bucket lacks"
-        kept[sop] = _sha256_of_data_set(objects[key])
-    return kept
 
 
 def test_series_is_stored_in_s3_analysed_sent_and_purged(node_factory, s3_server: S3Server, orthanc,
@@ -63,8 +45,8 @@ def test_series_is_stored_in_s3_analysed_sent_and_purged(node_factory, s3_server
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("Received Store Response (Success)") == len(series)
     # rows and objects, and each object is the data set that was sent
-    kept = _check_rows_against_objects(node.database_url, s3_server)
-    sent = {pydicom.dcmread(p).SOPInstanceUID: _sha256_of_data_set(p) for p in series}
+    kept = check_rows_against_objects(node.database_url, s3_server)
+    sent = {pydicom.dcmread(p).SOPInstanceUID: sha256_of_data_set(p) for p in series}
     assert kept == sent
     assert not list((node.spool / "studies").rglob("*.dcm"))  # nothing stored on the local disk
     # the job reads the series from the bucket (its headers pick the series) and writes its report there
@@ -103,14 +85,14 @@ def test_s3_outage_mid_push_refuses_with_a700_and_loses_nothing_acknowledged(
     assert 10 <= len(acked) < len(big)
     # nothing acknowledged is lost: a row and an object with the sent data set for each
     s3_server.start()
-    kept = _check_rows_against_objects(node.database_url, s3_server)
+    kept = check_rows_against_objects(node.database_url, s3_server)
     for path in [*first, *map(Path, acked)]:
-        assert kept[pydicom.dcmread(path).SOPInstanceUID] == _sha256_of_data_set(path)
+        assert kept[pydicom.dcmread(path).SOPInstanceUID] == sha256_of_data_set(path)
     # the store is back: the scanner's re-send stores the rest, the acknowledged ones once
     again = storescu(node.port, big[0].parent)
     assert again.returncode == 0, again.stderr
     assert again.stderr.count("Received Store Response (Success)") == len(big)
-    kept = _check_rows_against_objects(node.database_url, s3_server)
+    kept = check_rows_against_objects(node.database_url, s3_server)
     assert len(kept) == len(first) + len(big)
     assert len(s3_server.keys("studies/")) == len(kept)  # no second object for an acknowledged instance
     assert node.stop() == 0

@@ -28,6 +28,11 @@ class NodeDb:
         with self.engine.connect() as connection:
             return connection.scalar(select(func.count()).select_from(model).where(*where)) or 0
 
+    def rows(self, statement: object) -> list:
+        """The rows of any ``select``."""
+        with self.engine.connect() as connection:
+            return connection.execute(statement).all()
+
     def instances(self) -> dict[str, str]:
         """SOP Instance UID → spool-relative path of every instance row."""
         with self.engine.connect() as connection:

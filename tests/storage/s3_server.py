@@ -9,15 +9,21 @@ the objects' SHA-256 with the files sent themselves.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
+import struct
 from collections.abc import Iterator
+from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
+from sqlalchemy import create_engine, select
 
+from pacs_node.db.models import Instance
 from tests.conftest import free_port, listening, wait_until
+from tests.reliability.support import dataset_bytes
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key"
@@ -64,6 +70,31 @@ class S3Server:
         """The ``[storage.s3]`` table of a node using this server."""
         return {"bucket": self.bucket, "endpoint_url": self.url, "region": "us-east-1",
                 "access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY, **extra}
+
+
+def sha256_of_data_set(data: bytes | Path) -> str:
+    """SHA-256 of a Part 10 file's data set (after the File Meta Information, which the node rewrites)."""
+    if isinstance(data, Path):
+        return hashlib.sha256(dataset_bytes(data)).hexdigest()
+    (group_length,) = struct.unpack_from("<I", data, 140)  # as dataset_bytes, for bytes from the bucket
+    return hashlib.sha256(data[144 + group_length:]).hexdigest()
+
+
+def check_rows_against_objects(database_url: str, server: S3Server) -> dict[str, str]:
+    """Every live instance row names an object; returns SOP Instance UID → SHA-256 of its object's data set."""
+    objects = server.keys("studies/")
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(select(Instance.sop_instance_uid, Instance.path)
+                                      .where(Instance.purged_at.is_(None))).all()
+    finally:
+        engine.dispose()
+    kept = {}
+    for sop, key in rows:
+        assert key in objects, f"row of {sop} names {key}, which the bucket lacks"
+        kept[sop] = sha256_of_data_set(objects[key])
+    return kept
 
 
 @pytest.fixture
