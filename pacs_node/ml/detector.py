@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import highdicom as hd
@@ -178,6 +178,7 @@ class Detector:
         timings = dict(fe.timings_s)
         t = time.perf_counter()
         scored = self.score_candidates(fe.fine, fe.candidates.centres_lps_mm)
+        scored = replace(scored, centres_lps_mm=clip_to_volume(scored.centres_lps_mm, volume))
         timings["classify"] = time.perf_counter() - t
         t = time.perf_counter()
         keep = merge(scored, threshold, self.card.thresholds.merge_mm)
@@ -256,6 +257,18 @@ class Detector:
             mean_hu=m.mean_hu,
             solid_core_mm=m.solid_core_mm if nodule_type == NoduleType.PART_SOLID else None,
         )
+
+
+def clip_to_volume(points_lps_mm: np.ndarray, volume: hd.Volume) -> np.ndarray:
+    """Points (``N x 3``, LPS mm) moved onto the scanned volume where a predicted offset pushed
+    them past its edge: a finding is reported on the slices it was found on, never beside them."""
+    if not len(points_lps_mm):
+        return points_lps_mm
+    affine = np.asarray(volume.affine, dtype=np.float64)
+    homogeneous = np.c_[points_lps_mm, np.ones(len(points_lps_mm))]
+    index = (np.linalg.inv(affine) @ homogeneous.T).T[:, :3]
+    index = np.clip(index, 0.0, np.asarray(volume.spatial_shape, dtype=np.float64) - 1.0)
+    return (affine @ np.c_[index, np.ones(len(index))].T).T[:, :3]
 
 
 def merge(scored: Scored, min_score: float, merge_mm: float) -> list[int]:

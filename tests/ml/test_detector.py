@@ -213,3 +213,20 @@ def test_merge_keeps_the_best_of_each_cluster() -> None:
     kept = merge(Scored(centres, score, np.zeros((6, 4)), diameter), 0.05, 4.0)
     # 1 is within 4 mm of 0; 3 is 6 mm from 4 but within half of its own 14 mm; 5 is below the floor
     assert kept == [4, 0, 2]
+
+
+def test_a_centre_pushed_past_the_scanned_slices_is_moved_back_onto_them() -> None:
+    """A predicted offset at the edge of the scan must not leave a finding beside the series
+    (the SR could not place it, and the whole study would go unreported)."""
+    import highdicom as hd
+
+    from pacs_node.ml.detector import clip_to_volume
+
+    affine = np.array([[1.6, 0, 0, -150.0], [0, 1.6, 0, -150.0], [0, 0, 1.25, -300.0], [0, 0, 0, 1]])
+    volume = hd.Volume(np.zeros((192, 192, 48), np.float32), affine, coordinate_system="PATIENT")
+    inside, below, beyond = (-100.0, -90.0, -280.0), (-100.0, -90.0, -303.0), (200.0, -90.0, -260.0)
+    clipped = clip_to_volume(np.array([inside, below, beyond]), volume)
+    np.testing.assert_allclose(clipped[0], inside)  # inside the scan: unchanged
+    np.testing.assert_allclose(clipped[1], (-100.0, -90.0, -300.0))  # onto the first slice
+    np.testing.assert_allclose(clipped[2], (-150.0 + 1.6 * 191, -90.0, -260.0))  # onto the last column
+    assert clip_to_volume(np.empty((0, 3)), volume).shape == (0, 3)
