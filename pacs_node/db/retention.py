@@ -21,8 +21,9 @@ an instance re-opened meanwhile (``state`` back to receiving) is left alone.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, Engine, and_, exists, func, or_, select, update
 from sqlalchemy.orm import aliased
@@ -46,6 +47,8 @@ from pacs_node.db.models import (
 FINISHED_JOB = (JobState.DONE, JobState.FAILED)
 OPEN_DELIVERY = (DeliveryState.PENDING, DeliveryState.SENDING)
 _CHUNK = 500
+
+T = TypeVar("T")
 
 
 def _eligible(cutoff: dt.datetime) -> ColumnElement[bool]:
@@ -129,9 +132,16 @@ def mark_purged(
     return PurgeMark(study_pk, study_uid, instances)
 
 
-def _chunks(values: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
+def chunked(items: Iterable[T], size: int = _CHUNK) -> Iterator[list[T]]:
+    """``items`` in lists of at most ``size``, as they come (a generator is not read ahead)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _sop_of(path: str) -> str:
@@ -165,7 +175,7 @@ def live_paths(engine: Engine, paths: Sequence[str]) -> set[str]:
     uids = sorted({_sop_of(path) for path in paths})
     claimed: set[str] = set()
     with engine.connect() as connection:
-        for chunk in _chunks(uids):
+        for chunk in chunked(uids):
             claimed.update(connection.scalars(
                 select(Instance.path).where(Instance.sop_instance_uid.in_(chunk), Instance.purged_at.is_(None))))
             claimed.update(connection.scalars(
@@ -178,7 +188,7 @@ def purged_among(engine: Engine, study_uids: Sequence[str]) -> set[str]:
     """Of ``study_uids``, those whose files were purged (to finish an interrupted purge)."""
     purged: set[str] = set()
     with engine.connect() as connection:
-        for chunk in _chunks(list(study_uids)):
+        for chunk in chunked(study_uids):
             purged.update(connection.scalars(
                 select(Study.study_uid).where(Study.study_uid.in_(chunk), Study.purged_at.is_not(None))))
     return purged

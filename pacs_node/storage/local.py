@@ -8,6 +8,7 @@ own files, so reading costs nothing more than before.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ class LocalStore:
     def __init__(self, root: Path, node_name: str = "local") -> None:
         self.root = Path(root)
         self.node_name = node_name
+        self._spool: Spool | None = None  # writes our reports; made on first use, kept until close
+        self._spool_lock = threading.Lock()
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -42,11 +45,11 @@ class LocalStore:
         fsync_dir(target.parent)
 
     def write_dataset(self, dataset: Dataset, key: str) -> int:
-        spool = Spool(self.root, node_name=self.node_name)
-        try:
-            return spool.write_dataset(dataset, key).size_bytes
-        finally:
-            spool.close()
+        with self._spool_lock:
+            if self._spool is None:
+                self._spool = Spool(self.root, node_name=self.node_name)
+            spool = self._spool
+        return spool.write_dataset(dataset, key).size_bytes
 
     def size(self, key: str) -> int | None:
         try:
@@ -87,4 +90,7 @@ class LocalStore:
             raise StoreUnavailable(f"spool not writable: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
-        pass
+        with self._spool_lock:
+            spool, self._spool = self._spool, None
+        if spool is not None:
+            spool.close()

@@ -57,6 +57,18 @@ def _errors(what: str, key: str) -> Iterator[None]:
         raise _unavailable(exc, what) from exc
 
 
+def _client(session: boto3.session.Session, config: S3Storage, timeout_s: float, attempts: int,
+            **options: int) -> object:
+    """An S3 client of ``session`` for the configured endpoint and TLS verification."""
+    return session.client(
+        "s3", endpoint_url=config.endpoint_url,
+        verify=str(config.verify_tls) if isinstance(config.verify_tls, Path) else config.verify_tls,
+        config=Config(connect_timeout=timeout_s, read_timeout=timeout_s,
+                      retries={"max_attempts": attempts, "mode": "standard"},
+                      s3={"addressing_style": "path"} if config.endpoint_url else None, **options),
+    )
+
+
 class S3Store:
     """Objects in one bucket under ``config.prefix``; ``fetch_root`` takes files fetched for readers."""
 
@@ -71,47 +83,34 @@ class S3Store:
             aws_access_key_id=config.access_key_id, aws_secret_access_key=config.secret_access_key,
             region_name=config.region,
         )
-        self.client = session.client(
-            "s3", endpoint_url=config.endpoint_url,
-            verify=str(config.verify_tls) if isinstance(config.verify_tls, Path) else config.verify_tls,
-            config=Config(connect_timeout=config.timeout_s, read_timeout=config.timeout_s,
-                          retries={"max_attempts": 2, "mode": "standard"},
-                          max_pool_connections=max(10, config.parallel_reads * 2),
-                          s3={"addressing_style": "path"} if config.endpoint_url else None),
-        )
-
+        self.client = _client(session, config, config.timeout_s, attempts=2,
+                              max_pool_connections=max(10, config.parallel_reads * 2))
         #: /readyz asks this one: a short timeout and no retries.
-        self.probe_client = session.client(
-            "s3", endpoint_url=config.endpoint_url,
-            verify=str(config.verify_tls) if isinstance(config.verify_tls, Path) else config.verify_tls,
-            config=Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 1, "mode": "standard"},
-                          s3={"addressing_style": "path"} if config.endpoint_url else None),
-        )
+        self.probe_client = _client(session, config, 2, attempts=1)
 
     def _key(self, key: str) -> str:
         if key.startswith("/") or ".." in key.split("/"):
             raise ValueError(f"key {key!r} is not a relative key")
         return self.prefix + key
 
-    def put_file(self, path: Path, key: str, sha256_hex: str) -> None:
-        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
+    def _put(self, key: str, body: object, sha256: bytes) -> None:
+        """PUT ``body`` under ``key`` with its SHA-256, which the server checks before storing."""
+        checksum = base64.b64encode(sha256).decode("ascii")
         try:
-            with open(path, "rb") as body:
-                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body,
-                                       ChecksumSHA256=checksum, ContentType="application/dicom")
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=body,
+                                   ChecksumSHA256=checksum, ContentType="application/dicom")
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable(exc, "PUT") from exc
+
+    def put_file(self, path: Path, key: str, sha256_hex: str) -> None:
+        with open(path, "rb") as body:
+            self._put(key, body, bytes.fromhex(sha256_hex))
 
     def write_dataset(self, dataset: Dataset, key: str) -> int:
         buffer = io.BytesIO()
         dataset.save_as(buffer, enforce_file_format=True)
         data = buffer.getvalue()
-        checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                   ChecksumSHA256=checksum, ContentType="application/dicom")
-        except (BotoCoreError, ClientError) as exc:
-            raise _unavailable(exc, "PUT") from exc
+        self._put(key, data, hashlib.sha256(data).digest())
         return len(data)
 
     def size(self, key: str) -> int | None:

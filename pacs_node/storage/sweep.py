@@ -12,8 +12,6 @@ the two), and objects of a purge that a crash interrupted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-
 from sqlalchemy import Engine
 
 from pacs_node.config import RetentionConfig
@@ -22,20 +20,6 @@ from pacs_node.housekeeping import STUDY_FOLDERS, PurgeTotals
 from pacs_node.storage.base import BlobStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
-
-_CHUNK = 500
-
-
-def _chunks(items: Iterable[tuple[str, int]]) -> Iterable[list[tuple[str, int]]]:
-    chunk: list[tuple[str, int]] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == _CHUNK:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
 
 class ObjectRetention:
     """Retention and orphan sweep for an object store; the interface of ``housekeeping.Retention``."""
@@ -87,7 +71,7 @@ class ObjectRetention:
         removed = size = 0
         try:
             for folder in STUDY_FOLDERS:
-                for chunk in _chunks(self.store.older_than(folder + "/", self.orphan_age_s)):
+                for chunk in retention.chunked(self.store.older_than(folder + "/", self.orphan_age_s)):
                     claimed = retention.live_paths(self.engine, [key for key, _ in chunk])
                     orphans = [(key, n) for key, n in chunk if key not in claimed]
                     if orphans:
