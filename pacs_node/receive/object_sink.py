@@ -17,20 +17,16 @@ import dataclasses
 import hashlib
 import logging
 
-from sqlalchemy.exc import OperationalError
-
 from pacs_node.db.ingest import InstanceRecorder
 from pacs_node.receive.dimse import Request, Status
 from pacs_node.receive.scp import StoreResult
 from pacs_node.receive.spool import PartialFile, Spool
-from pacs_node.receive.store import InvalidInstance, read_header
+from pacs_node.receive.store import read_header, refusal
 from pacs_node.storage.base import BlobStore, StoreUnavailable, instance_key
 
 log = logging.getLogger(__name__)
 
 STORE_UNAVAILABLE = StoreResult(Status.OUT_OF_RESOURCES, "object store unavailable")
-DATABASE_UNAVAILABLE = StoreResult(Status.OUT_OF_RESOURCES, "database unavailable")
-INTERNAL_ERROR = StoreResult(Status.PROCESSING_FAILURE, "internal error; see the node's log")
 
 
 def file_sha256(path: object) -> str:
@@ -63,21 +59,11 @@ class ObjectStoreSink:
     def complete(self, partial: PartialFile, request: Request, transfer_syntax: str, calling_ae: str) -> StoreResult:
         try:
             return self._complete(partial, request, transfer_syntax, calling_ae)
-        except InvalidInstance as exc:
-            log.warning("event=instance_refused status=0x%04X reason=%r calling_ae=%s", exc.status, str(exc), calling_ae)
-            return StoreResult(exc.status, str(exc))
         except StoreUnavailable as exc:
             log.error("event=object_store_failed reason=%r calling_ae=%s", str(exc), calling_ae)
             return STORE_UNAVAILABLE
-        except OSError as exc:
-            log.error("event=spool_failed error=%s calling_ae=%s", type(exc).__name__, calling_ae)
-            return StoreResult(Status.OUT_OF_RESOURCES, "cannot write to spool")
-        except OperationalError as exc:
-            log.error("event=database_unavailable error=%s", type(exc.orig).__name__)
-            return DATABASE_UNAVAILABLE
-        except Exception:
-            log.exception("event=store_failed calling_ae=%s", calling_ae)
-            return INTERNAL_ERROR
+        except Exception as exc:
+            return refusal(exc, calling_ae)
         finally:
             partial.discard()
 

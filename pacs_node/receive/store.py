@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 
 from pacs_node.db.ingest import InstanceRecorder, ReceivedInstance
 from pacs_node.receive.dimse import Request, Status
-from pacs_node.receive.group_commit import GroupCommit
+from pacs_node.receive.group_commit import DATABASE_UNAVAILABLE, INTERNAL_ERROR, SPOOL_FAILED, GroupCommit
 from pacs_node.receive.header import LAST_TAG, TAGS as HEADER_TAGS, read_header as read_raw_header
 from pacs_node.receive.part10 import PREAMBLE
 from pacs_node.receive.scp import StoreResult
@@ -135,6 +135,21 @@ def read_header(partial: PartialFile, request: Request, transfer_syntax: str, ca
     )
 
 
+def refusal(exc: Exception, calling_ae: str) -> StoreResult:
+    """The answer to an instance whose checking or storing raised ``exc``, logged (no PHI)."""
+    if isinstance(exc, InvalidInstance):
+        log.warning("event=instance_refused status=0x%04X reason=%r calling_ae=%s", exc.status, str(exc), calling_ae)
+        return StoreResult(exc.status, str(exc))
+    if isinstance(exc, OSError):
+        log.error("event=spool_failed error=%s calling_ae=%s", type(exc).__name__, calling_ae)
+        return SPOOL_FAILED
+    if isinstance(exc, OperationalError):
+        log.error("event=database_unavailable error=%s", type(exc.orig).__name__)
+        return DATABASE_UNAVAILABLE
+    log.error("event=store_failed calling_ae=%s", calling_ae, exc_info=exc)
+    return INTERNAL_ERROR
+
+
 class SpoolingSink:
     """Stores received instances in the spool and the database.
 
@@ -167,22 +182,9 @@ class SpoolingSink:
                 log.debug("event=instance_duplicate calling_ae=%s", calling_ae)
                 return StoreResult(Status.SUCCESS)
             instance = dataclasses.replace(header, relative_path=relative, size_bytes=partial.size())
-        except InvalidInstance as exc:
+        except Exception as exc:
             partial.discard()
-            log.warning("event=instance_refused status=0x%04X reason=%r calling_ae=%s", exc.status, str(exc), calling_ae)
-            return StoreResult(exc.status, str(exc))
-        except OSError as exc:
-            partial.discard()
-            log.error("event=spool_failed error=%s calling_ae=%s", type(exc).__name__, calling_ae)
-            return StoreResult(Status.OUT_OF_RESOURCES, "cannot write to spool")
-        except OperationalError as exc:
-            partial.discard()
-            log.error("event=database_unavailable error=%s", type(exc.orig).__name__)
-            return StoreResult(Status.OUT_OF_RESOURCES, "database unavailable")
-        except Exception:
-            partial.discard()
-            log.exception("event=store_failed calling_ae=%s", calling_ae)
-            return StoreResult(Status.PROCESSING_FAILURE, "internal error; see the node's log")
+            return refusal(exc, calling_ae)
         return self._commit.store(partial, instance)
 
     def _already_stored(self, sop_instance_uid: str, relative: str) -> bool:
